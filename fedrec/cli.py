@@ -1,0 +1,95 @@
+"""The ``fedrec`` command line: parse, validate, call the core, print."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from fedrec.errors import FedrecError
+
+app = typer.Typer(help="fedrec: federated recommendation with pretrained models.", add_completion=False,
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+data_app = typer.Typer(help="Inspect datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+console = Console(stderr=True)
+out = Console()
+
+LIVE_KEYS = ("val_rmse", "rmse", "train_loss")
+
+
+def _live_metric(record: dict[str, Any]) -> str:
+    for key in LIVE_KEYS:
+        if key in record:
+            return f"{key} {record[key]:.4f}"
+    return ""
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Argument(help="TOML config file (see configs/).")],
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting: section.key=value (repeatable).")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Run directory for metrics, history and checkpoint.")] = Path("runs/latest"),
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+) -> None:
+    """Train a recommender (federated or centralised) and write its outputs to --out."""
+    from fedrec.config import load_config
+    from fedrec.runtime.trainer import train as run_training
+
+    run_config = load_config(config, set_ or [])
+    mode = run_config.train.mode
+    label = "round" if mode == "federated" else "epoch"
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[metric]}"),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=quiet, transient=False) as progress:
+        task = progress.add_task(f"{mode} {label}s", total=run_config.train.rounds, metric="loading data")
+
+        def on_start(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total, metric="resumed" if done else "")
+
+        def on_round(record: dict[str, Any]) -> None:
+            progress.update(task, completed=record["round"], metric=_live_metric(record))
+
+        try:
+            metrics = run_training(run_config, out_dir, resume=resume, on_round=on_round, on_start=on_start)
+        except KeyboardInterrupt:
+            progress.stop()
+            console.print(f"interrupted; finished rounds are saved in {out_dir}; continue with --resume")
+            raise typer.Exit(130) from None
+    keys = [k for k in ("rmse", "mae", "val_rmse", "rounds", "seconds", "bytes_up", "bytes_down") if k in metrics]
+    out.print(" ".join(f"{k}={metrics[k]:.4f}" if isinstance(metrics[k], float) else f"{k}={metrics[k]}" for k in keys))
+    out.print(f"outputs: {out_dir}/metrics.json, history.jsonl, config.json, checkpoint.safetensors")
+
+
+@data_app.command("info")
+def data_info(
+    name: Annotated[str, typer.Argument(help="Dataset name: ml-100k, lastfm-2k, synthetic, ml-1m, ...")],
+    data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="Folder with the dataset (or its parent).")] = None,
+    download: Annotated[bool, typer.Option("--download", help="Fetch the official archive into the cache if missing.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Print dataset statistics: users, items, interactions, density, interactions per user."""
+    from fedrec.data.registry import load_dataset
+    from fedrec.data.stats import dataset_stats, format_stats
+
+    dataset = load_dataset(name, data_dir=data_dir, download=download)
+    stats = dataset_stats(dataset)
+    out.print(json.dumps(stats, indent=2) if as_json else format_stats(stats), highlight=False)
+
+
+def main() -> None:
+    """Entry point: user errors become one line on stderr and exit code 2."""
+    try:
+        app()
+    except FedrecError as error:
+        console.print(f"error: {error}", highlight=False, markup=False, soft_wrap=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

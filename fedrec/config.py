@@ -1,0 +1,168 @@
+"""Run configuration: TOML files plus ``--set key=value`` overrides, validated at the edge.
+
+Unknown keys and out-of-range values raise :class:`FedrecError` with a one-line message that names
+the key and the fix. The resolved config is written to ``config.json`` next to the run's outputs.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from fedrec.errors import FedrecError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    """Which data, which split, and how users become clients."""
+
+    name: str = "synthetic"
+    data_dir: str | None = None  # a folder holding the dataset (or its parent); else $FEDREC_DATA, cache
+    download: bool = False  # fetch the official archive into the cache when not found locally
+    split: Literal["official", "ratio", "leave_last_out"] = "ratio"
+    fold: int = Field(default=1, ge=1, le=5)  # official fold uN (ML-100K: 1..5)
+    test_ratio: float = Field(default=0.2, gt=0.0, lt=1.0)  # split = "ratio"
+    validation_ratio: float = Field(default=0.0, ge=0.0, lt=1.0)  # carved per user from train
+    split_seed: int = 0
+    # clients: one per user (cross-device) or users grouped into silos (cross-silo)
+    clients: Literal["per_user", "silos"] = "per_user"
+    num_silos: int = Field(default=10, ge=1)
+    silo_feature: str | None = None  # group silos by a user feature (e.g. "occupation"); else random
+    # table files (name = "table")
+    path: str | None = None
+    user_col: str = "user"
+    item_col: str = "item"
+    rating_col: str | None = None
+    timestamp_col: str | None = None
+    duplicates: Literal["error", "last", "sum"] = "error"
+    # synthetic data (name = "synthetic")
+    num_users: int = Field(default=1000, ge=2)
+    num_items: int = Field(default=800, ge=2)
+    mean_interactions: float = Field(default=40.0, gt=0)
+    synthetic_seed: int = 0
+
+
+class ModelConfig(Section):
+    """Model name and its hyperparameters."""
+
+    name: str = "mf"
+    dim: int = Field(default=64, ge=1, le=4096)
+    l2: float = Field(default=0.05, ge=0.0)
+    init_std: float = Field(default=0.1, gt=0.0)
+
+
+class TrainConfig(Section):
+    """Federated (or centralised) training."""
+
+    mode: Literal["federated", "centralized"] = "federated"
+    rounds: int = Field(default=30, ge=1)  # federated rounds, or epochs in centralised mode
+    seed: int = 0
+    backend: Literal["vectorized", "reference"] = "vectorized"
+    local_epochs: int = Field(default=1, ge=1)
+    local_lr: float = Field(default=0.05, gt=0.0)
+    batch_size: int = Field(default=32, ge=1)
+    client_fraction: float = Field(default=1.0, gt=0.0, le=1.0)
+    row_weighting: Literal["row_count", "client_size", "fedavg"] = "row_count"
+    server_optimizer: Literal["sgd", "adam", "yogi", "adagrad"] = "sgd"
+    server_lr: float = Field(default=1.0, gt=0.0)
+    server_momentum: float = Field(default=0.0, ge=0.0, lt=1.0)
+    server_beta1: float = Field(default=0.9, ge=0.0, lt=1.0)
+    server_beta2: float = Field(default=0.99, ge=0.0, lt=1.0)
+    server_tau: float = Field(default=1e-3, gt=0.0)
+    # centralised mode
+    central_optimizer: Literal["adam", "sgd"] = "adam"
+    central_lr: float = Field(default=1e-3, gt=0.0)
+    central_batch_size: int = Field(default=256, ge=1)
+    # bookkeeping
+    eval_every: int = Field(default=1, ge=1)
+    checkpoint_every: int = Field(default=1, ge=1)
+
+
+class RunConfig(Section):
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> RunConfig:
+        if self.data.name == "table" and not self.data.path:
+            raise ValueError("data.path is required when data.name = 'table'")
+        return self
+
+
+def _section_keys(section: type[BaseModel]) -> list[str]:
+    return list(section.model_fields)
+
+
+def _check_keys(raw: dict[str, Any]) -> None:
+    sections = RunConfig.model_fields
+    for key, value in raw.items():
+        if key not in sections:
+            hint = difflib.get_close_matches(key, sections, n=1)
+            raise FedrecError(f"unknown config section [{key}]" + (f"; did you mean [{hint[0]}]?" if hint else f"; sections are {', '.join(sections)}"))
+        if not isinstance(value, dict):
+            raise FedrecError(f"config [{key}] must be a table of settings, got {value!r}")
+        fields = _section_keys(sections[key].annotation)  # type: ignore[arg-type]
+        for sub in value:
+            if sub not in fields:
+                hint = difflib.get_close_matches(sub, fields, n=1)
+                fix = f"did you mean {key}.{hint[0]}?" if hint else f"valid keys: {', '.join(fields)}"
+                raise FedrecError(f"unknown config key '{key}.{sub}'; {fix}")
+
+
+def parse_override(assignment: str) -> tuple[list[str], Any]:
+    """``a.b=value`` -> (["a", "b"], value), the value read as a TOML literal (else a string)."""
+    if "=" not in assignment:
+        raise FedrecError(f"--set expects key=value (e.g. train.rounds=10), got '{assignment}'")
+    key, text = assignment.split("=", 1)
+    path = key.strip().split(".")
+    if len(path) != 2 or not all(path):
+        raise FedrecError(f"--set key must look like section.key (e.g. train.rounds), got '{key}'")
+    try:
+        value = tomllib.loads(f"v = {text.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text.strip()
+    return path, value
+
+
+def _format_validation_error(error: ValidationError) -> str:
+    first = error.errors()[0]
+    location = ".".join(str(part) for part in first["loc"])
+    given = first.get("input")
+    message = first["msg"].rstrip(".")
+    return f"invalid config value {location}={given!r}: {message}" if location else f"invalid config: {message}"
+
+
+def load_config(path: Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a TOML config (or defaults), apply overrides, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        if not path.is_file():
+            raise FedrecError(f"config file {path} not found; pass a TOML file such as configs/default.toml")
+        try:
+            raw = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as error:
+            raise FedrecError(f"config file {path} is not valid TOML ({error}); fix the syntax") from None
+    for assignment in overrides or []:
+        (section, key), value = parse_override(assignment)
+        raw.setdefault(section, {})
+        if not isinstance(raw[section], dict):
+            raise FedrecError(f"config [{section}] must be a table of settings")
+        raw[section][key] = value
+    _check_keys(raw)
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as error:
+        raise FedrecError(_format_validation_error(error)) from None
+
+
+def config_to_json(config: RunConfig) -> str:
+    return json.dumps(config.model_dump(mode="json"), indent=2, sort_keys=True)

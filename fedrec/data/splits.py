@@ -1,0 +1,99 @@
+"""Train/validation/test splits: official folds, per-user random ratio, leave-last-out."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from fedrec.data.dataset import Dataset, Interactions, Split
+from fedrec.errors import FedrecError
+
+
+def official_split(dataset: Dataset, fold: str | int) -> Split:
+    """An official fold of ``dataset``: 1..5 or "u1".."u5", "ua", "ub" (ML-100K)."""
+    name = f"u{fold}" if isinstance(fold, int) or str(fold).strip().isdigit() else str(fold).strip()
+    if name not in dataset.official_splits:
+        available = ", ".join(dataset.official_splits) or "none"
+        raise FedrecError(
+            f"fold {fold!r} is not an official split of {dataset.name} (available: {available}); "
+            "pick one of those or use a random or leave-last-out split"
+        )
+    return dataset.official_splits[name]
+
+
+def _check_ratio(what: str, ratio: float) -> None:
+    if not 0.0 < ratio < 1.0:
+        raise FedrecError(f"{what}={ratio} must be strictly between 0 and 1")
+
+
+def _random_per_user(users: np.ndarray, ratio: float, rng: np.random.Generator) -> np.ndarray:
+    """Mask picking round(ratio * n) random rows of each user with n >= 2 rows, at least 1 and at most n - 1."""
+    if len(users) == 0:
+        return np.zeros(0, dtype=bool)
+    order = np.lexsort((rng.random(len(users)), users))
+    sorted_users = users[order]
+    starts = np.flatnonzero(np.r_[True, sorted_users[1:] != sorted_users[:-1]])
+    sizes = np.diff(np.r_[starts, len(users)])
+    take = np.where(sizes >= 2, np.clip(np.rint(ratio * sizes), 1, sizes - 1), 0).astype(np.int64)
+    rank = np.arange(len(users)) - np.repeat(starts, sizes)
+    mask = np.zeros(len(users), dtype=bool)
+    mask[order] = rank < np.repeat(take, sizes)
+    return mask
+
+
+def random_ratio_split(inter: Interactions, test_ratio: float, seed: int) -> Split:
+    """Per user, a random ``test_ratio`` of the interactions go to test.
+
+    Every user with at least 2 interactions keeps at least one in train and one in test;
+    a user with a single interaction stays in train. Rows keep their input order.
+    """
+    _check_ratio("test_ratio", test_ratio)
+    test = _random_per_user(inter.users, test_ratio, np.random.default_rng(seed))
+    return Split(train=inter.subset(~test), test=inter.subset(test), name=f"random-{test_ratio:g}-seed{seed}")
+
+
+def leave_last_out_with_report(inter: Interactions, validation: bool = True) -> tuple[Split, int]:
+    """Leave-last-out split and the number of users excluded because they have too few interactions.
+
+    Per user by timestamp (ties: later row counts as later): the last interaction goes to test,
+    the second to last to validation (when ``validation``), the rest to train. Users with fewer
+    than 3 interactions (2 without validation) are left out of every part.
+    """
+    users = inter.users
+    needed = 3 if validation else 2
+    n = len(users)
+    order = np.lexsort((np.arange(n), inter.timestamps, users))
+    sorted_users = users[order]
+    starts = np.flatnonzero(np.r_[True, sorted_users[1:] != sorted_users[:-1]]) if n else np.zeros(0, np.int64)
+    sizes = np.diff(np.r_[starts, n])
+    from_end = np.repeat(starts + sizes, sizes) - 1 - np.arange(n)  # 0 for each user's last row
+    enough = np.repeat(sizes >= needed, sizes)
+    part = np.full(n, -1, dtype=np.int8)  # -1 excluded, 0 train, 1 validation, 2 test
+    part_sorted = np.where(from_end == 0, 2, np.where((from_end == 1) & validation, 1, 0))
+    part[order] = np.where(enough, part_sorted, -1)
+    split = Split(
+        train=inter.subset(part == 0),
+        test=inter.subset(part == 2),
+        validation=inter.subset(part == 1) if validation else None,
+        name="leave-last-out",
+    )
+    return split, int((sizes < needed).sum())
+
+
+def leave_last_out(inter: Interactions, validation: bool = True) -> Split:
+    """Leave-last-out split; see ``leave_last_out_with_report`` for the excluded-user count."""
+    return leave_last_out_with_report(inter, validation)[0]
+
+
+def carve_validation(split: Split, ratio: float, seed: int) -> Split:
+    """Move a random ``ratio`` of each user's train interactions to validation.
+
+    Users with at least 2 train interactions give at least one and keep at least one; the test
+    part is unchanged. A split that already has a validation part is an error.
+    """
+    _check_ratio("validation ratio", ratio)
+    if split.validation is not None:
+        raise FedrecError(f"split {split.name or '(unnamed)'} already has a validation part; do not carve another")
+    chosen = _random_per_user(split.train.users, ratio, np.random.default_rng(seed))
+    return replace(split, train=split.train.subset(~chosen), validation=split.train.subset(chosen))

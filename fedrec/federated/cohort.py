@@ -1,0 +1,134 @@
+"""Training examples grouped by client, cohort sampling and the local-step schedule.
+
+Both backends read the same :class:`ClientData` and the same counter-based draws; the vectorised
+backend additionally lays a cohort out as one ragged batch (see :func:`cohort_examples`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedrec.data.dataset import Interactions
+from fedrec.federated import rng
+
+
+@dataclass(frozen=True)
+class ClientData:
+    """Each client's training examples, concatenated in client order (CSR layout).
+
+    Client ``k`` owns examples ``offsets[k]:offsets[k+1]``. Clients are opaque indices: the
+    server-side code never sees a raw user identifier.
+    """
+
+    offsets: np.ndarray  # (num_clients + 1,) int64
+    users: np.ndarray  # (n,) int64 user index of each example
+    items: np.ndarray  # (n,) int64
+    targets: np.ndarray  # (n,) float32
+
+    @property
+    def num_clients(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def sizes(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def client_slice(self, client: int) -> slice:
+        return slice(int(self.offsets[client]), int(self.offsets[client + 1]))
+
+    @staticmethod
+    def from_interactions(train: Interactions, client_of_user: np.ndarray, num_clients: int) -> ClientData:
+        """Group training interactions by the client that owns each user (stable within a client)."""
+        clients = client_of_user[train.users]
+        order = np.argsort(clients, kind="stable")
+        counts = np.bincount(clients, minlength=num_clients)
+        offsets = np.zeros(num_clients + 1, dtype=np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        return ClientData(
+            offsets=offsets,
+            users=train.users[order].astype(np.int64),
+            items=train.items[order].astype(np.int64),
+            targets=train.ratings[order].astype(np.float32),
+        )
+
+
+def sample_cohort(num_clients: int, fraction: float, seed: int, round_index: int, eligible: np.ndarray | None = None) -> np.ndarray:
+    """A fixed-size cohort, uniformly without replacement: the clients with the smallest keys (sorted)."""
+    candidates = np.arange(num_clients) if eligible is None else np.flatnonzero(eligible)
+    if fraction >= 1.0:
+        return candidates
+    size = max(1, int(round(fraction * num_clients)))
+    keys = rng.hash64(seed, rng.STREAM_COHORT, round_index, candidates)
+    chosen = candidates[np.argsort(keys, kind="stable")[:size]]
+    return np.sort(chosen)
+
+
+def shuffle_keys(seed: int, round_index: int, clients: np.ndarray, epoch: int, positions: np.ndarray) -> np.ndarray:
+    """Sort keys that shuffle each client's examples in one local epoch."""
+    return rng.hash64(seed, rng.STREAM_SHUFFLE, round_index, clients, epoch, positions)
+
+
+@dataclass(frozen=True)
+class CohortExamples:
+    """A cohort's examples as one ragged batch, sorted by cohort position."""
+
+    example_index: np.ndarray  # (N,) index into ClientData arrays
+    cohort_position: np.ndarray  # (N,) 0..C-1
+    position_in_client: np.ndarray  # (N,)
+    client_sizes: np.ndarray  # (C,)
+
+
+def cohort_examples(data: ClientData, cohort: np.ndarray) -> CohortExamples:
+    """Gather the cohort's examples without a Python loop over clients."""
+    starts = data.offsets[cohort]
+    sizes = data.offsets[cohort + 1] - starts
+    total = int(sizes.sum())
+    cohort_position = np.repeat(np.arange(len(cohort)), sizes)
+    first = np.zeros(len(cohort), dtype=np.int64)
+    np.cumsum(sizes[:-1], out=first[1:])
+    position = np.arange(total, dtype=np.int64) - first[cohort_position]
+    return CohortExamples(starts[cohort_position] + position, cohort_position, position, sizes)
+
+
+@dataclass(frozen=True)
+class StepSchedule:
+    """Which example copy is trained at which local step, and its weight in its client's batch mean."""
+
+    example: np.ndarray  # (M,) index into CohortExamples arrays, ordered by step
+    epoch: np.ndarray  # (M,)
+    weight: np.ndarray  # (M,) 1 / size of the client's batch at that step
+    step_bounds: np.ndarray  # (num_steps + 1,) slice boundaries into the arrays above
+
+
+def local_schedule(examples: CohortExamples, cohort: np.ndarray, epochs: int, batch_size: int, seed: int, round_index: int) -> StepSchedule:
+    """Lock-step schedule: each client shuffles per epoch and cuts batches; steps run in order."""
+    sizes = examples.client_sizes
+    steps_per_epoch = -(-sizes // batch_size)  # ceil
+    pos = examples.cohort_position
+    parts_example, parts_step, parts_epoch, parts_weight = [], [], [], []
+    first = np.zeros(len(sizes), dtype=np.int64)
+    np.cumsum(sizes[:-1], out=first[1:])
+    for epoch in range(epochs):
+        keys = shuffle_keys(seed, round_index, cohort[pos], epoch, examples.position_in_client)
+        order = np.lexsort((keys, pos))  # by client, then key
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order)) - first[pos[order]]
+        batch = rank // batch_size
+        batch_len = np.minimum(batch_size, sizes[pos] - batch * batch_size)
+        parts_example.append(np.arange(len(pos)))
+        parts_step.append(epoch * steps_per_epoch[pos] + batch)
+        parts_epoch.append(np.full(len(pos), epoch))
+        parts_weight.append(1.0 / batch_len)
+    step = np.concatenate(parts_step)
+    order = np.argsort(step, kind="stable")
+    step = step[order]
+    num_steps = int(step[-1]) + 1 if len(step) else 0
+    bounds = np.searchsorted(step, np.arange(num_steps + 1))
+    return StepSchedule(
+        example=np.concatenate(parts_example)[order],
+        epoch=np.concatenate(parts_epoch)[order],
+        weight=np.concatenate(parts_weight)[order].astype(np.float32),
+        step_bounds=bounds,
+    )

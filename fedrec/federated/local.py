@@ -1,0 +1,29 @@
+"""Local training settings and the result a cohort hands back, shared by both backends."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from fedrec.federated.aggregation import CohortUpdate
+
+
+@dataclass(frozen=True)
+class LocalTraining:
+    """Client-side SGD: ``epochs`` passes over the client's examples in shuffled batches."""
+
+    epochs: int = 1
+    lr: float = 0.05
+    batch_size: int = 32
+
+
+@dataclass
+class CohortResult:
+    """Uploads for the server plus the private rows that stay on the clients."""
+
+    update: CohortUpdate
+    users: Tensor  # (U,) users whose private rows were trained
+    private_rows: dict[str, Tensor]  # name -> (U, *row_shape), new values
+    loss_sum: float  # sum over local steps of each client's batch-mean loss
+    steps: int  # number of (client, step) batch means in loss_sum

@@ -1,0 +1,88 @@
+"""Reference backend: runs the cohort's clients one by one, as a device would.
+
+Written for clarity, not speed: each client copies the rows it needs, trains them with
+``torch.optim.SGD`` and reports its deltas. The vectorised backend must match it (see tests).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from fedrec.federated.aggregation import CohortUpdate
+from fedrec.federated.cohort import ClientData, shuffle_keys
+from fedrec.federated.local import CohortResult, LocalTraining
+from fedrec.models.base import ExampleBatch, ParamKind, RecModel
+from torch import Tensor
+
+
+def train_client(model: RecModel, params: dict[str, Tensor], data: ClientData, client: int,
+                 local: LocalTraining, seed: int, round_index: int) -> CohortResult:
+    """One client's local training from the current global model; returns its upload."""
+    part = data.client_slice(client)
+    users, items = data.users[part], data.items[part]
+    targets = torch.from_numpy(data.targets[part])
+    own_users, user_row = np.unique(users, return_inverse=True)
+    own_items, item_row = np.unique(items, return_inverse=True)
+    start: dict[str, Tensor] = {}
+    for spec in model.param_specs():
+        if spec.kind is ParamKind.PRIVATE_ROWS:
+            start[spec.name] = params[spec.name][torch.from_numpy(own_users)]
+        elif spec.kind is ParamKind.SHARED_ROWS:
+            start[spec.name] = params[spec.name][torch.from_numpy(own_items)]
+        else:
+            start[spec.name] = params[spec.name].unsqueeze(0)
+    local_params = {name: value.clone().requires_grad_() for name, value in start.items()}
+    optimizer = torch.optim.SGD(list(local_params.values()), lr=local.lr)
+    user_row_t, item_row_t = torch.from_numpy(user_row), torch.from_numpy(item_row)
+
+    n = len(targets)
+    loss_sum, steps = 0.0, 0
+    for epoch in range(local.epochs):
+        order = np.argsort(shuffle_keys(seed, round_index, np.int64(client), epoch, np.arange(n)), kind="stable")
+        for begin in range(0, n, local.batch_size):
+            batch = torch.from_numpy(order[begin:begin + local.batch_size])
+            rows = {}
+            for spec in model.param_specs():
+                value = local_params[spec.name]
+                if spec.kind is ParamKind.PRIVATE_ROWS:
+                    rows[spec.name] = value[user_row_t[batch]]
+                elif spec.kind is ParamKind.SHARED_ROWS:
+                    rows[spec.name] = value[item_row_t[batch]].unsqueeze(1)
+                else:
+                    rows[spec.name] = value
+            loss = model.example_loss(rows, ExampleBatch(targets[batch])).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            loss_sum += float(loss.detach())
+            steps += 1
+
+    with torch.no_grad():
+        deltas = {name: local_params[name].detach() - start[name] for name in start}
+    row_names = [s.name for s in model.specs_by_kind(ParamKind.SHARED_ROWS)]
+    dense_names = [s.name for s in model.specs_by_kind(ParamKind.SHARED_DENSE)]
+    private_names = [s.name for s in model.specs_by_kind(ParamKind.PRIVATE_ROWS)]
+    update = CohortUpdate(
+        row_items=torch.from_numpy(own_items),
+        row_clients=torch.zeros(len(own_items), dtype=torch.int64),
+        row_counts=torch.from_numpy(np.bincount(item_row, minlength=len(own_items)).astype(np.float32)),
+        row_deltas={name: deltas[name] for name in row_names},
+        dense_deltas={name: deltas[name] for name in dense_names},
+        client_sizes=torch.tensor([float(n)]),
+    )
+    private_rows = {name: local_params[name].detach() for name in private_names}
+    return CohortResult(update, torch.from_numpy(own_users), private_rows, loss_sum, steps)
+
+
+def train_cohort_reference(model: RecModel, params: dict[str, Tensor], data: ClientData, cohort: np.ndarray,
+                           local: LocalTraining, seed: int, round_index: int) -> CohortResult:
+    """Every client of the cohort in turn, each from the same global model."""
+    results = [train_client(model, params, data, int(c), local, seed, round_index) for c in cohort]
+    return CohortResult(
+        update=CohortUpdate.concat([r.update for r in results]),
+        users=torch.cat([r.users for r in results]),
+        private_rows={n: torch.cat([r.private_rows[n] for r in results]) for n in results[0].private_rows},
+        loss_sum=sum(r.loss_sum for r in results),
+        steps=sum(r.steps for r in results),
+    )

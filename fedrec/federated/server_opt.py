@@ -1,0 +1,64 @@
+"""Server optimisers: how the aggregated client delta moves the shared parameters.
+
+The aggregate delta is treated as a negative pseudo-gradient (Reddi et al., 2021, "Adaptive
+Federated Optimization"). ``sgd`` with ``server_lr`` 1 and no momentum is plain FedAvg; momentum
+gives FedAvgM (Hsu et al., 2019); ``adam``, ``yogi`` and ``adagrad`` are FedAdam, FedYogi and
+FedAdagrad. Each optimiser is a pair of pure functions over dicts of tensors: ``init`` makes the
+state, ``step`` returns new parameters and new state (the state is saved in checkpoints).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+ServerOptimizerName = Literal["sgd", "adam", "yogi", "adagrad"]
+SERVER_OPTIMIZERS: tuple[str, ...] = ("sgd", "adam", "yogi", "adagrad")
+
+
+@dataclass(frozen=True)
+class ServerOptimizer:
+    name: ServerOptimizerName = "sgd"
+    lr: float = 1.0
+    momentum: float = 0.0  # sgd only (FedAvgM)
+    beta1: float = 0.9
+    beta2: float = 0.99
+    tau: float = 1e-3  # adaptivity: the epsilon of the adaptive methods
+
+    def init(self, shared: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Optimiser state for these shared tensors (empty for plain FedAvg)."""
+        state: dict[str, Tensor] = {}
+        for name, value in shared.items():
+            if self.name != "sgd" or self.momentum:
+                state[f"{name}.m"] = torch.zeros_like(value)
+            if self.name != "sgd":
+                state[f"{name}.v"] = torch.full_like(value, self.tau**2 if self.name != "adam" else 0.0)
+        return state
+
+    def step(self, params: dict[str, Tensor], deltas: dict[str, Tensor], state: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Move each parameter along its aggregated delta; returns (new params, new state)."""
+        if not state:
+            state = self.init({name: params[name] for name in deltas})
+        new_params, new_state = dict(params), dict(state)
+        for name, delta in deltas.items():
+            if self.name == "sgd":
+                if self.momentum:
+                    m = self.momentum * state[f"{name}.m"] + delta
+                    new_state[f"{name}.m"] = m
+                    delta = m
+                new_params[name] = params[name] + self.lr * delta
+                continue
+            m = self.beta1 * state[f"{name}.m"] + (1 - self.beta1) * delta
+            v_old, d2 = state[f"{name}.v"], delta * delta
+            if self.name == "adam":
+                v = self.beta2 * v_old + (1 - self.beta2) * d2
+            elif self.name == "yogi":
+                v = v_old - (1 - self.beta2) * d2 * torch.sign(v_old - d2)
+            else:  # adagrad
+                v = v_old + d2
+            new_state[f"{name}.m"], new_state[f"{name}.v"] = m, v
+            new_params[name] = params[name] + self.lr * m / (v.sqrt() + self.tau)
+        return new_params, new_state

@@ -1,0 +1,114 @@
+"""The model contract: which parameters stay on a client and which are shared, and a per-example loss.
+
+A model is a set of named tensors plus pure functions over *gathered* rows:
+
+- ``PRIVATE_ROWS`` tables have one row per user. A user's row never leaves the client.
+- ``SHARED_ROWS`` tables have one row per item. A client trains local copies of the rows it
+  touches; the server aggregates their deltas row by row.
+- ``SHARED_DENSE`` tensors (global bias, network layers) are trained by every client and averaged.
+
+Every runtime (reference loop, vectorised cohort, centralised trainer) gathers the rows each
+example needs and calls the same :meth:`RecModel.example_loss`, so all of them compute the same
+function. Aggregation, communication accounting and privacy read :meth:`RecModel.param_specs`;
+nothing downstream is written for one model in particular.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from enum import Enum
+
+import torch
+from torch import Tensor
+
+
+class ParamKind(str, Enum):
+    PRIVATE_ROWS = "private_rows"
+    SHARED_ROWS = "shared_rows"
+    SHARED_DENSE = "shared_dense"
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """A named parameter tensor: its role and its full shape (rows first for row tables)."""
+
+    name: str
+    kind: ParamKind
+    shape: tuple[int, ...]
+
+    @property
+    def row_shape(self) -> tuple[int, ...]:
+        """Shape of one row (row tables) or of the whole tensor (dense)."""
+        return self.shape[1:] if self.kind is not ParamKind.SHARED_DENSE else self.shape
+
+    @property
+    def is_shared(self) -> bool:
+        return self.kind is not ParamKind.PRIVATE_ROWS
+
+
+@dataclass(frozen=True)
+class ExampleBatch:
+    """Targets of a batch of examples; the rows they need are gathered separately.
+
+    ``targets`` is (B,) ratings for explicit models. Models with several item slots per example
+    (e.g. a positive and a sampled negative) get ``item_slots`` > 1 and targets per slot.
+    """
+
+    targets: Tensor  # (B,) or (B, S)
+
+
+class RecModel(abc.ABC):
+    """Base class of every recommender: parameter declaration, initialisation and per-example loss."""
+
+    #: number of item indices each example carries (1: one item; 2: positive and negative, ...)
+    item_slots: int = 1
+
+    @abc.abstractmethod
+    def param_specs(self) -> list[ParamSpec]:
+        """Every parameter with its role; aggregation and accounting read only this."""
+
+    @abc.abstractmethod
+    def init_params(self, generator: torch.Generator) -> dict[str, Tensor]:
+        """Fresh parameters, full shapes as declared, deterministic for a generator state."""
+
+    @abc.abstractmethod
+    def example_loss(self, rows: dict[str, Tensor], batch: ExampleBatch) -> Tensor:
+        """Per-example training loss, regularisation included: (B,).
+
+        ``rows[name]`` is (B, *row_shape) for private tables (gathered by user), (B, S, *row_shape)
+        for shared tables (gathered by the S item slots), and (B, *shape) or (1, *shape) for
+        dense tensors (gathered by the client that owns the example, or one shared copy).
+        """
+
+    @abc.abstractmethod
+    def predict(self, rows: dict[str, Tensor]) -> Tensor:
+        """Scores for gathered rows as in :meth:`example_loss`: (B, S)."""
+
+    def specs_by_kind(self, kind: ParamKind) -> list[ParamSpec]:
+        return [spec for spec in self.param_specs() if spec.kind is kind]
+
+    def shared_names(self) -> list[str]:
+        return [spec.name for spec in self.param_specs() if spec.is_shared]
+
+
+def parameter_bytes(spec: ParamSpec, rows: int | None = None, bytes_per_value: int = 4) -> int:
+    """Bytes of a tensor of this spec: all of it, or ``rows`` rows of a row table."""
+    count = 1
+    for size in (spec.row_shape if rows is not None else spec.shape):
+        count *= size
+    return count * bytes_per_value * (rows if rows is not None else 1)
+
+
+def gather_rows(model: RecModel, params: dict[str, Tensor], users: Tensor, items: Tensor) -> dict[str, Tensor]:
+    """Rows for examples (users (B,), items (B, S)) from full parameter tables, as the loss expects."""
+    rows = {}
+    for spec in model.param_specs():
+        value = params[spec.name]
+        if spec.kind is ParamKind.PRIVATE_ROWS:
+            rows[spec.name] = value[users]
+        elif spec.kind is ParamKind.SHARED_ROWS:
+            rows[spec.name] = value[items]
+        else:
+            rows[spec.name] = value.unsqueeze(0)
+    return rows

@@ -1,0 +1,68 @@
+"""Biased matrix factorisation (Koren et al. 2009) for explicit ratings.
+
+prediction(u, i) = mu + b_u + b_i + <p_u, q_i>; loss = (r - prediction)^2 + l2 (|p_u|^2 + |q_i|^2 + b_u^2 + b_i^2).
+User vector and bias are private to the client; item vectors, item biases and mu are shared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from fedrec.models.base import ExampleBatch, ParamKind, ParamSpec, RecModel
+
+
+@dataclass(frozen=True)
+class MFConfig:
+    dim: int = 64
+    l2: float = 0.05
+    init_std: float = 0.1
+    global_mean: float = 0.0  # initial value of mu (set from the training ratings by the runner)
+
+
+class BiasedMF(RecModel):
+    item_slots = 1
+
+    def __init__(self, config: MFConfig, num_users: int, num_items: int) -> None:
+        self.config = config
+        self.num_users = num_users
+        self.num_items = num_items
+
+    def param_specs(self) -> list[ParamSpec]:
+        d = self.config.dim
+        return [
+            ParamSpec("user_vec", ParamKind.PRIVATE_ROWS, (self.num_users, d)),
+            ParamSpec("user_bias", ParamKind.PRIVATE_ROWS, (self.num_users, 1)),
+            ParamSpec("item_vec", ParamKind.SHARED_ROWS, (self.num_items, d)),
+            ParamSpec("item_bias", ParamKind.SHARED_ROWS, (self.num_items, 1)),
+            ParamSpec("global_bias", ParamKind.SHARED_DENSE, (1,)),
+        ]
+
+    def init_params(self, generator: torch.Generator) -> dict[str, Tensor]:
+        d, std = self.config.dim, self.config.init_std
+        return {
+            "user_vec": torch.randn(self.num_users, d, generator=generator) * std,
+            "user_bias": torch.zeros(self.num_users, 1),
+            "item_vec": torch.randn(self.num_items, d, generator=generator) * std,
+            "item_bias": torch.zeros(self.num_items, 1),
+            "global_bias": torch.full((1,), float(self.config.global_mean)),
+        }
+
+    def predict(self, rows: dict[str, Tensor]) -> Tensor:
+        p = rows["user_vec"].unsqueeze(1)  # (B, 1, d)
+        q = rows["item_vec"]  # (B, S, d)
+        dot = (p * q).sum(-1)  # (B, S)
+        return rows["global_bias"].reshape(-1, 1) + rows["user_bias"] + rows["item_bias"].squeeze(-1) + dot
+
+    def example_loss(self, rows: dict[str, Tensor], batch: ExampleBatch) -> Tensor:
+        targets = batch.targets.reshape(-1, 1)  # (B, 1)
+        error = (self.predict(rows) - targets).squeeze(1)  # (B,)
+        reg = (
+            rows["user_vec"].pow(2).sum(-1)
+            + rows["user_bias"].pow(2).sum(-1)
+            + rows["item_vec"].pow(2).sum((-2, -1))
+            + rows["item_bias"].pow(2).sum((-2, -1))
+        )
+        return error.pow(2) + self.config.l2 * reg

@@ -1,0 +1,203 @@
+"""The training loop behind ``fedrec train``: rounds (or epochs), evaluation, outputs, resume.
+
+Outputs in the run directory, each written atomically:
+``config.json`` (resolved config), ``history.jsonl`` (one line per finished round),
+``checkpoint.safetensors`` (parameters and optimiser state after the last finished round) and,
+at the end, ``metrics.json`` (final test metrics with flat keys).
+Randomness is a pure function of (seed, round), so a resumed run reaches the same model as an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from fedrec.config import RunConfig, config_to_json
+from fedrec.errors import FedrecError
+from fedrec.eval.rating import rating_metrics
+from fedrec.federated.local import LocalTraining
+from fedrec.federated.server import FedAvgSettings, ServerState, run_round
+from fedrec.federated.server_opt import ServerOptimizer
+from fedrec.runtime.centralized import CentralSettings, make_optimizer, train_epoch
+from fedrec.runtime.checkpoint import CHECKPOINT_NAME, atomic_write_text, load_checkpoint, save_checkpoint
+from fedrec.runtime.experiment import Experiment, prepare
+
+RoundCallback = Callable[[dict[str, Any]], None]
+
+
+def fedavg_settings(config: RunConfig) -> FedAvgSettings:
+    train = config.train
+    return FedAvgSettings(
+        local=LocalTraining(train.local_epochs, train.local_lr, train.batch_size),
+        client_fraction=train.client_fraction,
+        server=ServerOptimizer(train.server_optimizer, train.server_lr, train.server_momentum,
+                               train.server_beta1, train.server_beta2, train.server_tau),
+        row_weighting=train.row_weighting,
+        backend=train.backend,
+    )
+
+
+def evaluate(exp: Experiment, params: dict[str, Tensor]) -> dict[str, float]:
+    """Validation (when the split has one) and test metrics of the current model."""
+    rating_range = exp.dataset.rating_range
+    metrics: dict[str, float] = {}
+    if exp.split.validation is not None and len(exp.split.validation):
+        metrics.update(rating_metrics(exp.model, params, exp.split.validation, rating_range, prefix="val_"))
+    metrics.update(rating_metrics(exp.model, params, exp.split.test, rating_range))
+    return metrics
+
+
+def _comparable(config_json: str) -> dict[str, Any]:
+    """Config fields that must match for a resume (train.rounds may grow)."""
+    settings = json.loads(config_json)
+    settings["train"].pop("rounds", None)
+    return settings
+
+
+class _Run:
+    """The mutable state of one run: parameters, optimiser state, counters, history."""
+
+    def __init__(self, config: RunConfig, exp: Experiment, out_dir: Path) -> None:
+        self.config, self.exp, self.out_dir = config, exp, out_dir
+        self.federated = config.train.mode == "federated"
+        self.params = exp.model.init_params(torch.Generator().manual_seed(config.train.seed))
+        self.server_state: dict[str, Tensor] = {}
+        self.central_optimizer: torch.optim.Optimizer | None = None
+        if not self.federated:
+            for value in self.params.values():
+                value.requires_grad_(True)
+            self.central_optimizer = make_optimizer(self.params, self.central_settings())
+        self.round = 0
+        self.seconds = 0.0
+        self.bytes_up = 0
+        self.bytes_down = 0
+        self.history: list[dict[str, Any]] = []
+
+    def central_settings(self) -> CentralSettings:
+        train = self.config.train
+        return CentralSettings(train.central_optimizer, train.central_lr, train.central_batch_size)
+
+    # -- checkpoint ---------------------------------------------------------------------------
+    def save(self) -> None:
+        tensors = {f"param/{k}": v.detach() for k, v in self.params.items()}
+        tensors.update({f"server/{k}": v for k, v in self.server_state.items()})
+        meta: dict[str, Any] = {
+            "round": self.round, "seconds": self.seconds, "bytes_up": self.bytes_up, "bytes_down": self.bytes_down,
+            "config": config_to_json(self.config),
+        }
+        if self.central_optimizer is not None:
+            state = self.central_optimizer.state_dict()
+            for index, entries in state["state"].items():
+                for key, value in entries.items():
+                    tensors[f"optim/{index}/{key}"] = torch.as_tensor(value).reshape(-1) if key == "step" else value
+            meta["optim_groups"] = state["param_groups"]
+        save_checkpoint(self.out_dir / CHECKPOINT_NAME, tensors, meta)
+
+    def restore(self, path: Path) -> None:
+        tensors, meta = load_checkpoint(path)
+        if _comparable(meta.get("config", "{}")) != _comparable(config_to_json(self.config)):
+            raise FedrecError(f"the checkpoint in {self.out_dir} was made with a different config; "
+                              "resume with the same config (only train.rounds may change) or use a new --out")
+        with torch.no_grad():
+            for name, value in self.params.items():
+                value.copy_(tensors[f"param/{name}"])
+        self.server_state = {k[len("server/"):]: v for k, v in tensors.items() if k.startswith("server/")}
+        if self.central_optimizer is not None and "optim_groups" in meta:
+            state: dict[int, dict[str, Tensor]] = {}
+            for key, value in tensors.items():
+                if key.startswith("optim/"):
+                    _, index, field = key.split("/")
+                    state.setdefault(int(index), {})[field] = value.reshape(()) if field == "step" else value
+            self.central_optimizer.load_state_dict({"state": state, "param_groups": meta["optim_groups"]})
+        self.round, self.seconds = int(meta["round"]), float(meta["seconds"])
+        self.bytes_up, self.bytes_down = int(meta["bytes_up"]), int(meta["bytes_down"])
+        history_path = self.out_dir / "history.jsonl"
+        if history_path.exists():
+            lines = [json.loads(line) for line in history_path.read_text().splitlines() if line.strip()]
+            self.history = [entry for entry in lines if entry["round"] <= self.round]
+
+    # -- one round ----------------------------------------------------------------------------
+    def step(self) -> dict[str, Any]:
+        began = time.perf_counter()
+        record: dict[str, Any] = {"round": self.round + 1}
+        if self.federated:
+            state = ServerState(self.round, self.params, self.server_state)
+            eligible = self.exp.clients.sizes > 0
+            state, stats = run_round(self.exp.model, state, self.exp.clients, fedavg_settings(self.config),
+                                     self.config.train.seed, eligible)
+            self.params, self.server_state = state.params, state.optimizer_state
+            self.bytes_up += stats.bytes_up
+            self.bytes_down += stats.bytes_down
+            record.update(train_loss=stats.train_loss, clients=stats.clients, bytes_up=stats.bytes_up,
+                          bytes_down=stats.bytes_down)
+        else:
+            assert self.central_optimizer is not None
+            loss = train_epoch(self.exp.model, self.params, self.central_optimizer, self.exp.split.train,
+                               self.config.train.central_batch_size, self.config.train.seed, self.round)
+            record.update(train_loss=loss)
+        self.round += 1
+        self.seconds += time.perf_counter() - began
+        last = self.round == self.config.train.rounds
+        if self.round % self.config.train.eval_every == 0 or last:
+            record.update(evaluate(self.exp, self.detached()))
+        record["seconds"] = round(self.seconds, 4)
+        return record
+
+    def detached(self) -> dict[str, Tensor]:
+        return {k: v.detach() for k, v in self.params.items()}
+
+
+def train(config: RunConfig, out_dir: Path, resume: bool = False, on_round: RoundCallback | None = None,
+          on_start: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Run (or resume) the configured job; returns the final metrics also written to metrics.json."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = out_dir / CHECKPOINT_NAME
+    if checkpoint.exists() and not resume:
+        raise FedrecError(f"{out_dir} already holds a run; pass --resume to continue it or choose another --out")
+    exp = prepare(config)
+    run = _Run(config, exp, out_dir)
+    if resume and checkpoint.exists():
+        run.restore(checkpoint)
+    atomic_write_text(out_dir / "config.json", config_to_json(config) + "\n")
+    if on_start is not None:
+        on_start(run.round, config.train.rounds)
+    history_path = out_dir / "history.jsonl"
+    while run.round < config.train.rounds:
+        record = run.step()
+        run.history.append(record)
+        atomic_write_text(history_path, "".join(json.dumps(entry) + "\n" for entry in run.history))
+        if run.round % config.train.checkpoint_every == 0 or run.round == config.train.rounds:
+            run.save()
+        if on_round is not None:
+            on_round(record)
+    metrics = final_metrics(run)
+    atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def final_metrics(run: _Run) -> dict[str, Any]:
+    exp = run.exp
+    metrics: dict[str, Any] = dict(evaluate(exp, run.detached()))
+    metrics.update(
+        mode=run.config.train.mode,
+        rounds=run.round,
+        seconds=round(run.seconds, 3),
+        bytes_up=run.bytes_up,
+        bytes_down=run.bytes_down,
+        dataset=exp.dataset.name,
+        split=exp.split.name or run.config.data.split,
+        train_interactions=len(exp.split.train),
+        test_interactions=len(exp.split.test),
+        clients=exp.partition.num_clients,
+        idle_clients=exp.idle_clients,
+        excluded_users=exp.excluded_users,
+    )
+    return metrics
+

@@ -1,0 +1,108 @@
+"""The vectorised backend computes exactly what the reference backend computes client by client."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fedrec.data.dataset import Interactions
+from fedrec.data.synthetic import make_synthetic
+from fedrec.data.partition import random_silos
+from fedrec.federated.cohort import ClientData, cohort_examples, local_schedule, sample_cohort
+from fedrec.federated.local import LocalTraining
+from fedrec.federated.server import FedAvgSettings, ServerState, run_round
+from fedrec.federated.server_opt import ServerOptimizer
+from fedrec.models.mf import BiasedMF, MFConfig
+
+
+def _setup(num_users=60, num_items=40, silos=None):
+    dataset = make_synthetic(num_users=num_users, num_items=num_items, mean_interactions=12, seed=3)
+    train = dataset.interactions
+    if silos:
+        partition = random_silos(num_users, silos, seed=1)
+        data = ClientData.from_interactions(train, partition.client_of_user, partition.num_clients)
+    else:
+        data = ClientData.from_interactions(train, np.arange(num_users), num_users)
+    model = BiasedMF(MFConfig(dim=6, l2=0.05, global_mean=float(train.ratings.mean())), num_users, num_items)
+    return model, data
+
+
+def _run(model, data, backend, rounds=3, **kwargs):
+    settings = FedAvgSettings(backend=backend, **kwargs)
+    state = ServerState(0, model.init_params(torch.Generator().manual_seed(5)))
+    for _ in range(rounds):
+        state, _ = run_round(model, state, data, settings, seed=11)
+    return state
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(local=LocalTraining(epochs=2, lr=0.05, batch_size=4), client_fraction=0.5),
+        dict(local=LocalTraining(epochs=1, lr=0.1, batch_size=1), row_weighting="client_size"),
+        dict(local=LocalTraining(epochs=3, lr=0.05, batch_size=7), row_weighting="fedavg",
+             server=ServerOptimizer("adam", lr=0.05)),
+    ],
+)
+def test_vectorized_equals_reference_per_user(kwargs):
+    model, data = _setup()
+    ref = _run(model, data, "reference", **kwargs)
+    vec = _run(model, data, "vectorized", **kwargs)
+    assert ref.round == vec.round == 3
+    for name in ref.params:
+        torch.testing.assert_close(vec.params[name], ref.params[name], atol=1e-5, rtol=0)
+    for name in ref.optimizer_state:
+        torch.testing.assert_close(vec.optimizer_state[name], ref.optimizer_state[name], atol=1e-5, rtol=1e-4)
+
+
+def test_vectorized_equals_reference_cross_silo():
+    model, data = _setup(silos=5)
+    kwargs = dict(local=LocalTraining(epochs=1, lr=0.05, batch_size=16))
+    ref = _run(model, data, "reference", **kwargs)
+    vec = _run(model, data, "vectorized", **kwargs)
+    for name in ref.params:
+        torch.testing.assert_close(vec.params[name], ref.params[name], atol=1e-5, rtol=0)
+
+
+def test_training_moves_only_sampled_users_and_touched_items():
+    model, data = _setup()
+    settings = FedAvgSettings(local=LocalTraining(1, 0.05, 8), client_fraction=0.25)
+    start = ServerState(0, model.init_params(torch.Generator().manual_seed(0)))
+    before = {k: v.clone() for k, v in start.params.items()}
+    after, stats = run_round(model, start, data, settings, seed=2)
+    cohort = sample_cohort(data.num_clients, 0.25, 2, 0)
+    assert stats.clients == len(cohort) == 15
+    changed_users = torch.nonzero((after.params["user_vec"] != before["user_vec"]).any(1)).flatten().numpy()
+    assert set(changed_users) <= set(cohort.tolist())
+    touched = np.unique(data.items[np.concatenate([np.arange(data.offsets[c], data.offsets[c + 1]) for c in cohort])])
+    changed_items = torch.nonzero((after.params["item_vec"] != before["item_vec"]).any(1)).flatten().numpy()
+    assert set(changed_items) == set(touched.tolist())
+
+
+def test_schedule_covers_every_example_once_per_epoch_in_batches():
+    _, data = _setup()
+    cohort = np.array([1, 4, 9, 30])
+    examples = cohort_examples(data, cohort)
+    schedule = local_schedule(examples, cohort, epochs=2, batch_size=3, seed=0, round_index=0)
+    assert len(schedule.example) == 2 * len(examples.example_index)
+    for epoch in range(2):
+        chosen = schedule.example[schedule.epoch == epoch]
+        assert sorted(chosen.tolist()) == list(range(len(examples.example_index)))
+    for step in range(len(schedule.step_bounds) - 1):
+        part = slice(schedule.step_bounds[step], schedule.step_bounds[step + 1])
+        clients = examples.cohort_position[schedule.example[part]]
+        for client in np.unique(clients):
+            in_batch = int((clients == client).sum())
+            assert in_batch <= 3
+            np.testing.assert_allclose(schedule.weight[part][clients == client], 1.0 / in_batch)
+
+
+def test_cohort_sampling_is_deterministic_fixed_size_and_varies_by_round():
+    a = sample_cohort(100, 0.1, seed=4, round_index=0)
+    assert len(a) == 10 and np.array_equal(a, np.sort(a))
+    assert np.array_equal(a, sample_cohort(100, 0.1, seed=4, round_index=0))
+    assert not np.array_equal(a, sample_cohort(100, 0.1, seed=4, round_index=1))
+    eligible = np.zeros(100, dtype=bool)
+    eligible[:20] = True
+    assert set(sample_cohort(100, 0.1, 4, 0, eligible).tolist()) <= set(range(20))
