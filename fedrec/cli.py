@@ -36,31 +36,46 @@ def train(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting: section.key=value (repeatable).")] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Run directory for metrics, history and checkpoint.")] = Path("runs/latest"),
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
+    data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="Folder with the dataset (or its parent); same as --set data.data_dir=DIR.")] = None,
+    download: Annotated[bool, typer.Option("--download", help="Fetch the official archive (checksum-verified) into the cache if missing.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
 ) -> None:
     """Train a recommender (federated or centralised) and write its outputs to --out."""
     from fedrec.config import load_config
+
+    overrides = list(set_ or [])
+    if data_dir is not None:
+        overrides.append(f"data.data_dir={json.dumps(str(data_dir))}")
+    if download:
+        overrides.append("data.download=true")
+    run_config = load_config(config, overrides)  # validate before the slow imports
     from fedrec.runtime.trainer import train as run_training
 
-    run_config = load_config(config, set_ or [])
     mode = run_config.train.mode
     label = "round" if mode == "federated" else "epoch"
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[metric]}"),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=quiet, transient=False) as progress:
-        task = progress.add_task(f"{mode} {label}s", total=run_config.train.rounds, metric="loading data")
+    # The bar starts once data and checkpoint are loaded, so an input error prints one line only.
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[metric]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                        console=console, disable=quiet)
+    task = progress.add_task(f"{mode} {label}s", total=run_config.train.rounds, metric="")
 
-        def on_start(done: int, total: int) -> None:
-            progress.update(task, completed=done, total=total, metric="resumed" if done else "")
+    def on_start(done: int, total: int) -> None:
+        progress.update(task, completed=done, total=total, metric="resumed" if done else "")
+        progress.start()
 
-        def on_round(record: dict[str, Any]) -> None:
-            progress.update(task, completed=record["round"], metric=_live_metric(record))
+    def on_round(record: dict[str, Any]) -> None:
+        progress.update(task, completed=record["round"], metric=_live_metric(record))
 
-        try:
-            metrics = run_training(run_config, out_dir, resume=resume, on_round=on_round, on_start=on_start)
-        except KeyboardInterrupt:
+    try:
+        metrics = run_training(run_config, out_dir, resume=resume, on_round=on_round, on_start=on_start)
+    except KeyboardInterrupt:
+        if progress.live.is_started:
             progress.stop()
-            console.print(f"interrupted; finished rounds are saved in {out_dir}; continue with --resume")
-            raise typer.Exit(130) from None
+        console.print(f"interrupted; finished rounds are saved in {out_dir}; continue with --resume")
+        raise typer.Exit(130) from None
+    finally:
+        if progress.live.is_started:
+            progress.stop()
     keys = [k for k in ("rmse", "mae", "val_rmse", "rounds", "seconds", "bytes_up", "bytes_down") if k in metrics]
     out.print(" ".join(f"{k}={metrics[k]:.4f}" if isinstance(metrics[k], float) else f"{k}={metrics[k]}" for k in keys))
     out.print(f"outputs: {out_dir}/metrics.json, history.jsonl, config.json, checkpoint.safetensors")

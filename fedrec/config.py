@@ -18,7 +18,7 @@ from fedrec.errors import FedrecError
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
 
 
 class DataConfig(Section):
@@ -133,6 +133,15 @@ def parse_override(assignment: str) -> tuple[list[str], Any]:
     return path, value
 
 
+def _as_text_if_string_field(section: str, key: str, value: Any, assignment: str) -> Any:
+    """``--set data.user_col=0`` means the string "0" when the field holds text."""
+    model = RunConfig.model_fields.get(section)
+    field = model.annotation.model_fields.get(key) if model is not None and hasattr(model.annotation, "model_fields") else None
+    if field is not None and field.annotation in (str, str | None) and not isinstance(value, str):
+        return assignment.split("=", 1)[1].strip()
+    return value
+
+
 def _format_validation_error(error: ValidationError) -> str:
     first = error.errors()[0]
     location = ".".join(str(part) for part in first["loc"])
@@ -156,7 +165,7 @@ def load_config(path: Path | None, overrides: list[str] | None = None) -> RunCon
         raw.setdefault(section, {})
         if not isinstance(raw[section], dict):
             raise FedrecError(f"config [{section}] must be a table of settings")
-        raw[section][key] = value
+        raw[section][key] = _as_text_if_string_field(section, key, value, assignment)
     _check_keys(raw)
     try:
         return RunConfig.model_validate(raw)

@@ -22,8 +22,12 @@ CHECKPOINT_NAME = "checkpoint.safetensors"
 
 
 def _temporary_beside(path: Path) -> Path:
+    """An empty temporary file next to ``path`` with the permissions a plain open() would give."""
     handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(handle)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(name, 0o666 & ~umask)
     return Path(name)
 
 

@@ -54,10 +54,15 @@ def evaluate(exp: Experiment, params: dict[str, Tensor]) -> dict[str, float]:
     return metrics
 
 
+_RESUME_FREE = {"train": ("rounds", "eval_every", "checkpoint_every"), "data": ("data_dir", "download")}
+
+
 def _comparable(config_json: str) -> dict[str, Any]:
-    """Config fields that must match for a resume (train.rounds may grow)."""
+    """Config fields that must match for a resume (rounds may grow; data may move)."""
     settings = json.loads(config_json)
-    settings["train"].pop("rounds", None)
+    for section, keys in _RESUME_FREE.items():
+        for key in keys:
+            settings[section].pop(key, None)
     return settings
 
 
@@ -102,9 +107,15 @@ class _Run:
 
     def restore(self, path: Path) -> None:
         tensors, meta = load_checkpoint(path)
-        if _comparable(meta.get("config", "{}")) != _comparable(config_to_json(self.config)):
+        missing = [name for name in self.params if f"param/{name}" not in tensors]
+        if "config" not in meta or "round" not in meta or missing:
+            raise FedrecError(f"{path} is not a fedrec checkpoint for this model; delete it or use a new --out")
+        if _comparable(meta["config"]) != _comparable(config_to_json(self.config)):
             raise FedrecError(f"the checkpoint in {self.out_dir} was made with a different config; "
                               "resume with the same config (only train.rounds may change) or use a new --out")
+        if int(meta["round"]) > self.config.train.rounds:
+            raise FedrecError(f"the run in {self.out_dir} has already finished {meta['round']} rounds; "
+                              f"set train.rounds >= {meta['round']} to resume it")
         with torch.no_grad():
             for name, value in self.params.items():
                 value.copy_(tensors[f"param/{name}"])

@@ -1,0 +1,43 @@
+"""End to end on the real MovieLens-100K (skipped when FEDREC_DATA is not set)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fedrec.config import load_config
+from fedrec.runtime.trainer import train
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(tmp_path: Path, config: str, ml100k_dir: Path, *overrides: str) -> dict:
+    cfg = load_config(ROOT / "configs" / config, [f"data.data_dir={json.dumps(str(ml100k_dir))}", *overrides])
+    return train(cfg, tmp_path / config.replace(".toml", ""))
+
+
+def test_federated_mf_learns_on_ml100k(tmp_path, ml100k_dir):
+    metrics = _run(tmp_path, "ml100k-mf-fedavg.toml", ml100k_dir, "train.rounds=8", "train.eval_every=1")
+    history = [json.loads(line) for line in (tmp_path / "ml100k-mf-fedavg" / "history.jsonl").read_text().splitlines()]
+    assert [h["round"] for h in history] == list(range(1, 9))
+    assert history[-1]["rmse"] < history[0]["rmse"] - 0.03
+    assert metrics["rmse"] < 0.99  # a global-mean predictor scores about 1.15 on u1
+    assert metrics["clients"] == 943 and metrics["test_interactions"] == 20000
+    # every round uploads the touched rows of all 943 clients: 80,000 (item, client) rows of 129 floats + index
+    assert history[0]["bytes_up"] == 80000 * (128 * 4 + 4 + 4 + 4) + 943 * 4
+
+
+def test_centralised_baseline_on_the_same_split(tmp_path, ml100k_dir):
+    metrics = _run(tmp_path, "ml100k-mf-central.toml", ml100k_dir, "train.rounds=3")
+    assert metrics["mode"] == "centralized" and metrics["bytes_up"] == 0
+    assert metrics["test_interactions"] == 20000 and metrics["rmse"] < 1.05
+
+
+@pytest.mark.slow
+def test_federated_mf_reaches_target_on_fold1(tmp_path, ml100k_dir):
+    """The named config end to end on u1 (the hardest fold): BENCHMARKS.md has all five folds."""
+    metrics = _run(tmp_path, "ml100k-mf-fedavg.toml", ml100k_dir)
+    assert metrics["rmse"] < 0.94
+    assert metrics["seconds"] < 60
