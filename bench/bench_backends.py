@@ -45,7 +45,7 @@ def time_epochs(config, exp, repeats: int) -> list[float]:
     times = []
     for epoch in range(repeats):
         began = time.perf_counter()
-        train_epoch(exp.model, run.params, optimizer, exp.split.train, config.train.central_batch_size, 0, epoch)
+        train_epoch(exp.model, run.params, optimizer, exp.clients, config.train.central_batch_size, 0, epoch)
         times.append(time.perf_counter() - began)
     return times
 

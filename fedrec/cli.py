@@ -20,7 +20,7 @@ app.add_typer(data_app, name="data")
 console = Console(stderr=True)
 out = Console()
 
-LIVE_KEYS = ("val_rmse", "rmse", "train_loss")
+LIVE_KEYS = ("val_rmse", "rmse", "val_ndcg@10", "ndcg@10", "train_loss")
 
 
 def _live_metric(record: dict[str, Any]) -> str:

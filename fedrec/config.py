@@ -32,6 +32,7 @@ class DataConfig(Section):
     test_ratio: float = Field(default=0.2, gt=0.0, lt=1.0)  # split = "ratio"
     validation_ratio: float = Field(default=0.0, ge=0.0, lt=1.0)  # carved per user from train
     split_seed: int = 0
+    min_rating: float | None = None  # keep only interactions rated >= this (explicit data used as implicit)
     # clients: one per user (cross-device) or users grouped into silos (cross-silo)
     clients: Literal["per_user", "silos"] = "per_user"
     num_silos: int = Field(default=10, ge=1)
@@ -51,12 +52,31 @@ class DataConfig(Section):
 
 
 class ModelConfig(Section):
-    """Model name and its hyperparameters."""
+    """Model name and its hyperparameters; unset ones take the model's defaults (fedrec/models/)."""
 
-    name: str = "mf"
-    dim: int = Field(default=64, ge=1, le=4096)
-    l2: float = Field(default=0.05, ge=0.0)
-    init_std: float = Field(default=0.1, gt=0.0)
+    name: Literal["mf", "bpr", "ncf"] = "mf"
+    dim: int | None = Field(default=None, ge=1, le=4096)
+    l2: float | None = Field(default=None, ge=0.0)
+    init_std: float | None = Field(default=None, gt=0.0)
+    negatives: int | None = Field(default=None, ge=1, le=1000)  # bpr, ncf: sampled negatives per example
+    variant: Literal["gmf", "mlp", "neumf"] | None = None  # ncf
+    layers: list[int] | None = None  # ncf: MLP layer sizes
+    private_head: bool | None = None  # ncf: PFedRec-style private output layer
+
+    def options(self) -> dict[str, Any]:
+        """The settings given explicitly, as the model's config dataclass takes them."""
+        options = {k: v for k, v in self.model_dump(exclude={"name"}).items() if v is not None}
+        if "layers" in options:
+            options["layers"] = tuple(options["layers"])
+        return options
+
+
+class EvalConfig(Section):
+    """Evaluation: rating error for rating models, top-K ranking for implicit-feedback models."""
+
+    ks: list[int] = Field(default_factory=lambda: [10, 20])
+    sampled_negatives: int = Field(default=99, ge=0)  # sampled ranking (1 + N candidates); 0 turns it off
+    seed: int = 0
 
 
 class TrainConfig(Section):
@@ -90,6 +110,7 @@ class RunConfig(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:

@@ -12,6 +12,7 @@ import numpy as np
 
 from fedrec.data.dataset import Interactions
 from fedrec.federated import rng
+from fedrec.federated.negatives import UserItems, sample_negatives
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class ClientData:
     users: np.ndarray  # (n,) int64 user index of each example
     items: np.ndarray  # (n,) int64
     targets: np.ndarray  # (n,) float32
+    user_items: UserItems | None = None  # each user's training items, for negative sampling
 
     @property
     def num_clients(self) -> int:
@@ -39,8 +41,12 @@ class ClientData:
         return slice(int(self.offsets[client]), int(self.offsets[client + 1]))
 
     @staticmethod
-    def from_interactions(train: Interactions, client_of_user: np.ndarray, num_clients: int) -> ClientData:
-        """Group training interactions by the client that owns each user (stable within a client)."""
+    def from_interactions(train: Interactions, client_of_user: np.ndarray, num_clients: int,
+                          num_items: int | None = None) -> ClientData:
+        """Group training interactions by the client that owns each user (stable within a client).
+
+        With ``num_items`` given, also index each user's items for negative sampling.
+        """
         clients = client_of_user[train.users]
         order = np.argsort(clients, kind="stable")
         counts = np.bincount(clients, minlength=num_clients)
@@ -51,6 +57,7 @@ class ClientData:
             users=train.users[order].astype(np.int64),
             items=train.items[order].astype(np.int64),
             targets=train.ratings[order].astype(np.float32),
+            user_items=UserItems.from_interactions(train, len(client_of_user), num_items) if num_items else None,
         )
 
 
@@ -132,3 +139,20 @@ def local_schedule(examples: CohortExamples, cohort: np.ndarray, epochs: int, ba
         weight=np.concatenate(parts_weight)[order].astype(np.float32),
         step_bounds=bounds,
     )
+
+
+def slot_items(data: ClientData, example_index: np.ndarray, negatives: int, seed: int, round_index: int,
+               clients: np.ndarray, epochs: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """Item slots of example copies: (n, 1 + negatives), the example's own item first.
+
+    ``clients``, ``epochs`` and ``positions`` (position of the example within its client) key the
+    negative draws, so a client draws the same negatives in every backend.
+    """
+    own = data.items[example_index][:, None]
+    if negatives == 0:
+        return own
+    if data.user_items is None:
+        raise ValueError("negative sampling needs ClientData built with num_items")
+    sampled = sample_negatives(data.user_items, data.users[example_index], seed, round_index, clients, epochs,
+                               positions, negatives)
+    return np.concatenate([own, sampled], axis=1)

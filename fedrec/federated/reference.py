@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from fedrec.federated.aggregation import CohortUpdate
-from fedrec.federated.cohort import ClientData, shuffle_keys
+from fedrec.federated.cohort import ClientData, shuffle_keys, slot_items
 from fedrec.federated.local import CohortResult, LocalTraining
 from fedrec.models.base import ExampleBatch, ParamKind, RecModel
 from torch import Tensor
@@ -20,10 +20,19 @@ def train_client(model: RecModel, params: dict[str, Tensor], data: ClientData, c
                  local: LocalTraining, seed: int, round_index: int) -> CohortResult:
     """One client's local training from the current global model; returns its upload."""
     part = data.client_slice(client)
-    users, items = data.users[part], data.items[part]
-    targets = torch.from_numpy(data.targets[part])
+    example_index = np.arange(part.start, part.stop)
+    n = len(example_index)
+    users = data.users[example_index]
+    targets = torch.from_numpy(data.targets[example_index])
+    # The items of each epoch's examples: own item first, then the negatives the client samples.
+    epoch_items = [
+        slot_items(data, example_index, model.negatives, seed, round_index, np.full(n, client), np.full(n, epoch),
+                   np.arange(n))
+        for epoch in range(local.epochs)
+    ]  # each (n, S)
     own_users, user_row = np.unique(users, return_inverse=True)
-    own_items, item_row = np.unique(items, return_inverse=True)
+    own_items, item_row = np.unique(np.stack(epoch_items), return_inverse=True)
+    item_row = item_row.reshape(local.epochs, n, -1)  # (E, n, S)
     start: dict[str, Tensor] = {}
     for spec in model.param_specs():
         if spec.kind is ParamKind.PRIVATE_ROWS:
@@ -36,7 +45,6 @@ def train_client(model: RecModel, params: dict[str, Tensor], data: ClientData, c
     optimizer = torch.optim.SGD(list(local_params.values()), lr=local.lr)
     user_row_t, item_row_t = torch.from_numpy(user_row), torch.from_numpy(item_row)
 
-    n = len(targets)
     loss_sum, steps = 0.0, 0
     for epoch in range(local.epochs):
         order = np.argsort(shuffle_keys(seed, round_index, np.int64(client), epoch, np.arange(n)), kind="stable")
@@ -48,7 +56,7 @@ def train_client(model: RecModel, params: dict[str, Tensor], data: ClientData, c
                 if spec.kind is ParamKind.PRIVATE_ROWS:
                     rows[spec.name] = value[user_row_t[batch]]
                 elif spec.kind is ParamKind.SHARED_ROWS:
-                    rows[spec.name] = value[item_row_t[batch]].unsqueeze(1)
+                    rows[spec.name] = value[item_row_t[epoch][batch]]  # (B, S, ...)
                 else:
                     rows[spec.name] = value
             loss = model.example_loss(rows, ExampleBatch(targets[batch])).mean()
@@ -66,7 +74,7 @@ def train_client(model: RecModel, params: dict[str, Tensor], data: ClientData, c
     update = CohortUpdate(
         row_items=torch.from_numpy(own_items),
         row_clients=torch.zeros(len(own_items), dtype=torch.int64),
-        row_counts=torch.from_numpy(np.bincount(item_row, minlength=len(own_items)).astype(np.float32)),
+        row_counts=torch.from_numpy(np.bincount(item_row.reshape(-1), minlength=len(own_items)).astype(np.float32)),
         row_deltas={name: deltas[name] for name in row_names},
         dense_deltas={name: deltas[name] for name in dense_names},
         client_sizes=torch.tensor([float(n)]),

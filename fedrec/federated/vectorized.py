@@ -1,12 +1,13 @@
 """Vectorised backend: a whole cohort's local training as batched tensor operations.
 
 No Python loop over clients. The cohort's examples form one ragged batch; every (client, item)
-pair a client touches gets its own local copy of the item's rows; dense tensors get one copy per
-client, shape (C, ...). Local step ``s`` of every client runs at once: gather the rows the step's
-examples need, compute each client's batch-mean loss, and scatter the SGD update back with
-``index_add_``. The loop is over step numbers (the largest client's count), and the work is
-proportional to the cohort's examples. It computes exactly what :mod:`fedrec.federated.reference`
-computes client by client (the equivalence test guards this).
+pair a client touches (its items and the negatives it samples) gets its own local copy of the
+item's rows; dense tensors get one copy per client, shape (C, ...). Local step ``s`` of every
+client runs at once: gather the rows the step's examples need, compute each client's batch-mean
+loss, and scatter the SGD update back with ``index_add_``. The loop is over step numbers (the
+largest client's count), and the work is proportional to the cohort's examples. It computes
+exactly what :mod:`fedrec.federated.reference` computes client by client (the equivalence test
+guards this).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 from torch import Tensor
 
 from fedrec.federated.aggregation import CohortUpdate
-from fedrec.federated.cohort import ClientData, cohort_examples, local_schedule
+from fedrec.federated.cohort import ClientData, cohort_examples, local_schedule, slot_items
 from fedrec.federated.local import CohortResult, LocalTraining
 from fedrec.models.base import ExampleBatch, ParamKind, RecModel
 
@@ -26,14 +27,19 @@ def train_cohort_vectorized(model: RecModel, params: dict[str, Tensor], data: Cl
     """Local training of every client in ``cohort`` (sorted client indices) in lockstep."""
     num_items = max(spec.shape[0] for spec in model.specs_by_kind(ParamKind.SHARED_ROWS))
     examples = cohort_examples(data, cohort)
-    users = data.users[examples.example_index]
-    items = data.items[examples.example_index]
-    targets = torch.from_numpy(data.targets[examples.example_index])
+    schedule = local_schedule(examples, cohort, local.epochs, local.batch_size, seed, round_index)
+    # Everything below is per example *copy* (one per epoch), in the order the steps run.
+    copy_example = schedule.example  # (M,) index into the cohort's examples
+    data_index = examples.example_index[copy_example]  # (M,) index into ClientData
+    copy_client = examples.cohort_position[copy_example]  # (M,) cohort position
+    items = slot_items(data, data_index, model.negatives, seed, round_index, cohort[copy_client], schedule.epoch,
+                       examples.position_in_client[copy_example])  # (M, S)
+    num_clients, slots = len(cohort), items.shape[1]
 
-    own_users, user_row = np.unique(users, return_inverse=True)
-    row_keys, item_row = np.unique(examples.cohort_position * num_items + items, return_inverse=True)
+    own_users, user_row = np.unique(data.users[data_index], return_inverse=True)
+    row_keys, item_row = np.unique(copy_client[:, None] * num_items + items, return_inverse=True)
+    item_row = item_row.reshape(-1, slots)  # (M, S) local row of each slot
     row_items, row_clients = row_keys % num_items, row_keys // num_items
-    num_clients = len(cohort)
 
     start: dict[str, Tensor] = {}
     for spec in model.param_specs():
@@ -45,42 +51,37 @@ def train_cohort_vectorized(model: RecModel, params: dict[str, Tensor], data: Cl
             start[spec.name] = params[spec.name].unsqueeze(0).expand(num_clients, *spec.shape)
     tables = {name: value.clone() for name, value in start.items()}
 
-    schedule = local_schedule(examples, cohort, local.epochs, local.batch_size, seed, round_index)
-    user_row_t = torch.from_numpy(user_row)
-    item_row_t = torch.from_numpy(item_row)
-    client_t = torch.from_numpy(examples.cohort_position)
-    example_t = torch.from_numpy(schedule.example)
-    weight_t = torch.from_numpy(schedule.weight)
     index_of = {
-        ParamKind.PRIVATE_ROWS: user_row_t,
-        ParamKind.SHARED_ROWS: item_row_t,
-        ParamKind.SHARED_DENSE: client_t,
+        ParamKind.PRIVATE_ROWS: torch.from_numpy(user_row),  # (M,)
+        ParamKind.SHARED_ROWS: torch.from_numpy(item_row),  # (M, S)
+        ParamKind.SHARED_DENSE: torch.from_numpy(copy_client),  # (M,)
     }
+    targets = torch.from_numpy(data.targets[data_index])
+    weights = torch.from_numpy(schedule.weight)  # 1 / size of the client's batch
     specs = model.param_specs()
 
     loss_sum = 0.0
     bounds = schedule.step_bounds
     for step in range(len(bounds) - 1):
-        chosen = example_t[bounds[step]:bounds[step + 1]]  # (B,) examples trained at this step
-        step_index = {kind: index[chosen] for kind, index in index_of.items()}
+        part = slice(int(bounds[step]), int(bounds[step + 1]))  # the copies trained at this step
+        step_index = {kind: index[part] for kind, index in index_of.items()}
         leaves = [tables[spec.name][step_index[spec.kind]].requires_grad_() for spec in specs]
-        rows = {
-            spec.name: leaf.unsqueeze(1) if spec.kind is ParamKind.SHARED_ROWS else leaf
-            for spec, leaf in zip(specs, leaves)
-        }
-        weights = weight_t[bounds[step]:bounds[step + 1]]  # 1 / client's batch size
-        loss = (model.example_loss(rows, ExampleBatch(targets[chosen])) * weights).sum()
+        rows = dict(zip((spec.name for spec in specs), leaves))
+        loss = (model.example_loss(rows, ExampleBatch(targets[part])) * weights[part]).sum()
         grads = torch.autograd.grad(loss, leaves)
         with torch.no_grad():
             for spec, grad in zip(specs, grads):
-                tables[spec.name].index_add_(0, step_index[spec.kind], grad, alpha=-local.lr)
+                index = step_index[spec.kind]
+                if spec.kind is ParamKind.SHARED_ROWS:
+                    index, grad = index.reshape(-1), grad.reshape(-1, *spec.row_shape)
+                tables[spec.name].index_add_(0, index, grad, alpha=-local.lr)
         loss_sum += float(loss.detach())
 
     deltas = {name: tables[name] - start[name] for name in tables}
     update = CohortUpdate(
         row_items=torch.from_numpy(row_items),
         row_clients=torch.from_numpy(row_clients),
-        row_counts=torch.from_numpy(np.bincount(item_row, minlength=len(row_keys)).astype(np.float32)),
+        row_counts=torch.from_numpy(np.bincount(item_row.reshape(-1), minlength=len(row_keys)).astype(np.float32)),
         row_deltas={s.name: deltas[s.name] for s in model.specs_by_kind(ParamKind.SHARED_ROWS)},
         dense_deltas={s.name: deltas[s.name] for s in model.specs_by_kind(ParamKind.SHARED_DENSE)},
         client_sizes=torch.from_numpy(examples.client_sizes.astype(np.float32)),

@@ -16,6 +16,7 @@ nothing downstream is written for one model in particular.
 from __future__ import annotations
 
 import abc
+import math
 from dataclasses import dataclass
 from enum import Enum
 
@@ -61,8 +62,13 @@ class ExampleBatch:
 class RecModel(abc.ABC):
     """Base class of every recommender: parameter declaration, initialisation and per-example loss."""
 
-    #: number of item indices each example carries (1: one item; 2: positive and negative, ...)
-    item_slots: int = 1
+    #: negatives the client samples per training example (0 for rating models). An example then
+    #: carries ``1 + negatives`` item slots: its own item first, the sampled negatives after it.
+    negatives: int = 0
+
+    @property
+    def item_slots(self) -> int:
+        return 1 + self.negatives
 
     @abc.abstractmethod
     def param_specs(self) -> list[ParamSpec]:
@@ -112,3 +118,27 @@ def gather_rows(model: RecModel, params: dict[str, Tensor], users: Tensor, items
         else:
             rows[spec.name] = value.unsqueeze(0)
     return rows
+
+
+def num_catalogue_items(model: RecModel) -> int:
+    """Rows of the model's item tables."""
+    return max(spec.shape[0] for spec in model.specs_by_kind(ParamKind.SHARED_ROWS))
+
+
+def score_all_items(model: RecModel, params: dict[str, Tensor], users: Tensor, max_elements: int = 1 << 22) -> Tensor:
+    """Scores of every item for each user: (B, num_items).
+
+    Uses the model's own ``score_all`` when it has one (a matrix product for MF-like models), else
+    its ``predict`` on gathered rows, in user chunks small enough to bound memory.
+    """
+    if hasattr(model, "score_all"):
+        return model.score_all(params, users)
+    num_items = num_catalogue_items(model)
+    width = sum(math.prod(spec.row_shape) for spec in model.specs_by_kind(ParamKind.SHARED_ROWS))
+    chunk = max(1, max_elements // (num_items * max(width, 1)))
+    items = torch.arange(num_items)
+    parts = []
+    for begin in range(0, len(users), chunk):
+        part = users[begin:begin + chunk]
+        parts.append(model.predict(gather_rows(model, params, part, items.expand(len(part), -1))))
+    return torch.cat(parts) if parts else torch.zeros(0, num_items)

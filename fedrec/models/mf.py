@@ -2,6 +2,8 @@
 
 prediction(u, i) = mu + b_u + b_i + <p_u, q_i>; loss = (r - prediction)^2 + l2 (|p_u|^2 + |q_i|^2 + b_u^2 + b_i^2).
 User vector and bias are private to the client; item vectors, item biases and mu are shared.
+mu starts at the mean training rating (one sum and one count over clients, which secure
+aggregation can compute) and is then learned like any shared tensor.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ class MFConfig:
 
 
 class BiasedMF(RecModel):
-    item_slots = 1
 
     def __init__(self, config: MFConfig, num_users: int, num_items: int) -> None:
         self.config = config
@@ -66,3 +67,8 @@ class BiasedMF(RecModel):
             + rows["item_bias"].pow(2).sum((-2, -1))
         )
         return error.pow(2) + self.config.l2 * reg
+
+    def score_all(self, params: dict[str, Tensor], users: Tensor) -> Tensor:
+        """Predicted rating of every item for each user: (B, I)."""
+        user_part = params["global_bias"] + params["user_bias"][users]  # (B, 1)
+        return user_part + params["user_vec"][users] @ params["item_vec"].T + params["item_bias"].T

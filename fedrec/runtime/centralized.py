@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fedrec.data.dataset import Interactions
 from fedrec.federated import rng
+from fedrec.federated.cohort import ClientData, slot_items
 from fedrec.models.base import ExampleBatch, RecModel, gather_rows
 
 
@@ -31,22 +31,25 @@ def make_optimizer(params: dict[str, Tensor], settings: CentralSettings) -> torc
     return torch.optim.SGD(tensors, lr=settings.lr)
 
 
-def train_epoch(model: RecModel, params: dict[str, Tensor], optimizer: torch.optim.Optimizer, train: Interactions,
+def train_epoch(model: RecModel, params: dict[str, Tensor], optimizer: torch.optim.Optimizer, train: ClientData,
                 batch_size: int, seed: int, epoch: int) -> float:
-    """One shuffled pass over the training interactions; ``params`` are leaf tensors updated in place.
+    """One shuffled pass over all training examples; ``params`` are leaf tensors updated in place.
 
-    Returns the mean batch loss.
+    Implicit models get the same client-side negative sampling as in federated training (keyed by
+    the epoch and the example's position). Returns the mean batch loss.
     """
-    n = len(train)
+    n = len(train.users)
     order = np.argsort(rng.hash64(seed, rng.STREAM_SHUFFLE, epoch, np.arange(n)), kind="stable")
+    index = np.arange(n)
+    zeros = np.zeros(n, dtype=np.int64)
+    items = torch.from_numpy(slot_items(train, index, model.negatives, seed, epoch, zeros, zeros, index))  # (n, S)
     users = torch.from_numpy(train.users)
-    items = torch.from_numpy(train.items)
-    targets = torch.from_numpy(train.ratings)
+    targets = torch.from_numpy(train.targets)
     total = 0.0
     batches = 0
     for begin in range(0, n, batch_size):
         batch = torch.from_numpy(order[begin:begin + batch_size])
-        rows = gather_rows(model, params, users[batch], items[batch].unsqueeze(1))
+        rows = gather_rows(model, params, users[batch], items[batch])
         loss = model.example_loss(rows, ExampleBatch(targets[batch])).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from fedrec.config import RunConfig
-from fedrec.data.dataset import Dataset, Split
+from fedrec.data.dataset import Dataset, Interactions, Split
 from fedrec.data.partition import Partition, per_user_partition, random_silos, silos_by_feature
 from fedrec.data.registry import canonical_name, load_dataset
 from fedrec.data.splits import carve_validation, leave_last_out_with_report, official_split, random_ratio_split
 from fedrec.errors import FedrecError
+from fedrec.eval.protocol import Evaluator
 from fedrec.federated.cohort import ClientData
 from fedrec.models.base import RecModel
-from fedrec.models.registry import build_model
+from fedrec.models.registry import IMPLICIT_MODELS, build_model, model_options
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class Experiment:
     model: RecModel
     excluded_users: int  # users that could not be split (too few interactions)
     idle_clients: int  # clients with no training interactions (never sampled)
+    evaluator: Evaluator
 
 
 def load_data(config: RunConfig) -> Dataset:
@@ -42,6 +44,18 @@ def load_data(config: RunConfig) -> Dataset:
                        timestamp_col=data.timestamp_col, duplicates=data.duplicates)
         return load_dataset(key, data_dir=data_dir, **options)
     return load_dataset(key, data_dir=data_dir, download=data.download, progress=False)
+
+
+def keep_min_rating(dataset: Dataset, threshold: float | None) -> Dataset:
+    """The dataset with only interactions rated >= threshold (and its folds likewise)."""
+    if threshold is None:
+        return dataset
+
+    def keep(part: Interactions) -> Interactions:
+        return part.subset(part.ratings >= threshold)
+
+    splits = {name: replace(split, train=keep(split.train), test=keep(split.test)) for name, split in dataset.official_splits.items()}
+    return replace(dataset, interactions=keep(dataset.interactions), official_splits=splits)
 
 
 def make_split(config: RunConfig, dataset: Dataset) -> tuple[Split, int]:
@@ -75,15 +89,22 @@ def make_partition(config: RunConfig, dataset: Dataset) -> Partition:
 
 
 def prepare(config: RunConfig) -> Experiment:
-    dataset = load_data(config)
+    dataset = keep_min_rating(load_data(config), config.data.min_rating)
+    ranking = config.model.name in IMPLICIT_MODELS
+    if dataset.implicit and not ranking:
+        raise FedrecError(f"{dataset.name} is implicit feedback (no ratings) but model.name={config.model.name!r} "
+                          f"predicts ratings; use model.name=bpr or ncf")
     split, excluded = make_split(config, dataset)
     if len(split.train) == 0:
         raise FedrecError(f"the {config.data.split} split of {dataset.name} has no training interactions; check the data")
     partition = make_partition(config, dataset)
-    clients = ClientData.from_interactions(split.train, partition.client_of_user, partition.num_clients)
-    options = config.model.model_dump(exclude={"name"})
-    if not dataset.implicit:
+    clients = ClientData.from_interactions(split.train, partition.client_of_user, partition.num_clients,
+                                           num_items=dataset.num_items)
+    options = config.model.options()
+    if "global_mean" in model_options(config.model.name):
         options["global_mean"] = float(np.mean(split.train.ratings))
     model = build_model(config.model.name, options, dataset.num_users, dataset.num_items)
     idle = int(np.sum(clients.sizes == 0))
-    return Experiment(dataset, split, partition, clients, model, excluded, idle)
+    evaluator = Evaluator(model, split, ranking, dataset.rating_range, config.eval.ks, config.eval.sampled_negatives,
+                          config.eval.seed)
+    return Experiment(dataset, split, partition, clients, model, excluded, idle, evaluator)

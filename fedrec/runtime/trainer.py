@@ -21,7 +21,6 @@ from torch import Tensor
 
 from fedrec.config import RunConfig, config_to_json
 from fedrec.errors import FedrecError
-from fedrec.eval.rating import rating_metrics
 from fedrec.federated.local import LocalTraining
 from fedrec.federated.server import FedAvgSettings, ServerState, run_round
 from fedrec.federated.server_opt import ServerOptimizer
@@ -42,16 +41,6 @@ def fedavg_settings(config: RunConfig) -> FedAvgSettings:
         row_weighting=train.row_weighting,
         backend=train.backend,
     )
-
-
-def evaluate(exp: Experiment, params: dict[str, Tensor]) -> dict[str, float]:
-    """Validation (when the split has one) and test metrics of the current model."""
-    rating_range = exp.dataset.rating_range
-    metrics: dict[str, float] = {}
-    if exp.split.validation is not None and len(exp.split.validation):
-        metrics.update(rating_metrics(exp.model, params, exp.split.validation, rating_range, prefix="val_"))
-    metrics.update(rating_metrics(exp.model, params, exp.split.test, rating_range))
-    return metrics
 
 
 _RESUME_FREE = {"train": ("rounds", "eval_every", "checkpoint_every"), "data": ("data_dir", "download")}
@@ -150,14 +139,14 @@ class _Run:
                           bytes_down=stats.bytes_down)
         else:
             assert self.central_optimizer is not None
-            loss = train_epoch(self.exp.model, self.params, self.central_optimizer, self.exp.split.train,
+            loss = train_epoch(self.exp.model, self.params, self.central_optimizer, self.exp.clients,
                                self.config.train.central_batch_size, self.config.train.seed, self.round)
             record.update(train_loss=loss)
         self.round += 1
         self.seconds += time.perf_counter() - began
         last = self.round == self.config.train.rounds
         if self.round % self.config.train.eval_every == 0 or last:
-            record.update(evaluate(self.exp, self.detached()))
+            record.update(self.exp.evaluator(self.detached()))
         record["seconds"] = round(self.seconds, 4)
         return record
 
@@ -195,7 +184,8 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False, on_round: Roun
 
 def final_metrics(run: _Run) -> dict[str, Any]:
     exp = run.exp
-    metrics: dict[str, Any] = dict(evaluate(exp, run.detached()))
+    metrics: dict[str, Any] = dict(exp.evaluator(run.detached()))
+    metrics.update(exp.evaluator.popularity_baseline())
     metrics.update(
         mode=run.config.train.mode,
         rounds=run.round,
