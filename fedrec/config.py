@@ -30,7 +30,8 @@ class DataConfig(Section):
     split: Literal["official", "ratio", "leave_last_out"] = "ratio"
     fold: int = Field(default=1, ge=1, le=5)  # official fold uN (ML-100K: 1..5)
     test_ratio: float = Field(default=0.2, gt=0.0, lt=1.0)  # split = "ratio"
-    validation_ratio: float = Field(default=0.0, ge=0.0, lt=1.0)  # carved per user from train
+    validation_ratio: float = Field(default=0.0, ge=0.0, lt=1.0)  # carved per user from train (leave_last_out
+    # always holds out the second-to-last interaction as validation)
     split_seed: int = 0
     min_rating: float | None = None  # keep only interactions rated >= this (explicit data used as implicit)
     # clients: one per user (cross-device) or users grouped into silos (cross-silo)
@@ -77,6 +78,7 @@ class EvalConfig(Section):
     ks: list[int] = Field(default_factory=lambda: [10, 20])
     sampled_negatives: int = Field(default=99, ge=0)  # sampled ranking (1 + N candidates); 0 turns it off
     seed: int = 0
+    finetune_epochs: int = Field(default=0, ge=0)  # > 0: also report each client fine-tuned locally (finetuned_*)
 
 
 class TrainConfig(Section):

@@ -19,6 +19,7 @@ from torch import Tensor
 from fedrec.data.dataset import Interactions, Split
 from fedrec.eval.ranking import RankingTask, full_ranking_metrics, ranking_task, sample_negatives, sampled_ranking_metrics
 from fedrec.eval.rating import rating_metrics
+from fedrec.federated.personalize import Personalization, personal_rows, personal_scores
 from fedrec.models.base import RecModel, gather_rows, num_catalogue_items, score_all_items
 
 
@@ -62,24 +63,35 @@ class Evaluator:
         return {f"{prefix}{k}": v for k, v in metrics.items()}
 
     @torch.no_grad()
-    def __call__(self, params: dict[str, Tensor]) -> dict[str, float]:
-        if not self.ranking:
-            metrics: dict[str, float] = {}
-            if self.split.validation is not None and len(self.split.validation):
-                metrics.update(rating_metrics(self.model, params, self.split.validation, self.rating_range, "val_"))
-            metrics.update(rating_metrics(self.model, params, self.split.test, self.rating_range))
-            return metrics
+    def __call__(self, params: dict[str, Tensor], personal: Personalization | None = None,
+                 prefix: str = "", validation: bool = True) -> dict[str, float]:
+        """Metrics of the global model, or of every client's fine-tuned copy when ``personal`` is given."""
+        model = self.model
+
+        def gather(users: Tensor, items: Tensor) -> dict[str, Tensor]:
+            if personal is None:
+                return gather_rows(model, params, users, items)
+            return personal_rows(model, params, personal, users, items)
 
         def score_users(users: Tensor) -> Tensor:
-            return score_all_items(self.model, params, users)
+            if personal is None:
+                return score_all_items(model, params, users)
+            return personal_scores(model, params, personal, users)
 
         def score_pairs(users: Tensor, items: Tensor) -> Tensor:
-            return self.model.predict(gather_rows(self.model, params, users, items))
+            return model.predict(gather(users, items))
 
-        metrics = {}
-        if "val" in self._parts:
-            metrics.update(self._ranking(score_users, score_pairs, self._parts["val"], "val_"))
-        metrics.update(self._ranking(score_users, score_pairs, self._parts["test"], ""))
+        metrics: dict[str, float] = {}
+        has_validation = validation and self.split.validation is not None and len(self.split.validation) > 0
+        if not self.ranking:
+            if has_validation:
+                metrics.update(rating_metrics(model, params, self.split.validation, self.rating_range,
+                                              f"{prefix}val_", gather))
+            metrics.update(rating_metrics(model, params, self.split.test, self.rating_range, prefix, gather))
+            return metrics
+        if has_validation and "val" in self._parts:
+            metrics.update(self._ranking(score_users, score_pairs, self._parts["val"], f"{prefix}val_"))
+        metrics.update(self._ranking(score_users, score_pairs, self._parts["test"], prefix))
         return metrics
 
     @torch.no_grad()

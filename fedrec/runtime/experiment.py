@@ -69,7 +69,7 @@ def make_split(config: RunConfig, dataset: Dataset) -> tuple[Split, int]:
     elif data.split == "ratio":
         split = random_ratio_split(dataset.interactions, data.test_ratio, data.split_seed)
     else:
-        split, excluded = leave_last_out_with_report(dataset.interactions, validation=data.validation_ratio > 0)
+        split, excluded = leave_last_out_with_report(dataset.interactions, validation=True)
         return split, excluded
     if data.validation_ratio > 0:
         split = carve_validation(split, data.validation_ratio, data.split_seed)

@@ -22,6 +22,7 @@ from torch import Tensor
 from fedrec.config import RunConfig, config_to_json
 from fedrec.errors import FedrecError
 from fedrec.federated.local import LocalTraining
+from fedrec.federated.personalize import finetune
 from fedrec.federated.server import FedAvgSettings, ServerState, run_round
 from fedrec.federated.server_opt import ServerOptimizer
 from fedrec.runtime.centralized import CentralSettings, make_optimizer, train_epoch
@@ -184,7 +185,14 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False, on_round: Roun
 
 def final_metrics(run: _Run) -> dict[str, Any]:
     exp = run.exp
-    metrics: dict[str, Any] = dict(exp.evaluator(run.detached()))
+    params = run.detached()
+    metrics: dict[str, Any] = dict(exp.evaluator(params))
+    finetune_epochs = run.config.eval.finetune_epochs
+    if finetune_epochs and run.federated:
+        train = run.config.train
+        local = LocalTraining(finetune_epochs, train.local_lr, train.batch_size)
+        personal = finetune(exp.model, params, exp.clients, exp.partition.client_of_user, local, train.seed)
+        metrics.update(exp.evaluator(params, personal, prefix="finetuned_", validation=False))
     metrics.update(exp.evaluator.popularity_baseline())
     metrics.update(
         mode=run.config.train.mode,

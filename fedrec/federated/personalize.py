@@ -1,0 +1,90 @@
+"""Personalisation by local fine-tuning: each client adapts the global model to its own data.
+
+After training, every client starts from the global model, runs a few local epochs over its own
+training examples (shared parts included) and keeps the result for itself; nothing is uploaded.
+It is evaluated with its own copy. The vectorised backend produces every client's copy at once as
+a :class:`~fedrec.federated.local.CohortResult`; :func:`personal_rows` reads a user's copy from it.
+(The other personalisation, a private score head, is a model setting: see ``NCF(private_head)``.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from fedrec.federated.cohort import ClientData
+from fedrec.federated.local import CohortResult, LocalTraining
+from fedrec.federated.vectorized import train_cohort_vectorized
+from fedrec.models.base import ParamKind, RecModel, gather_rows, num_catalogue_items
+
+FINETUNE_ROUND = 1 << 40  # round counter used for fine-tuning draws (disjoint from training rounds)
+
+
+@dataclass(frozen=True)
+class Personalization:
+    """Every client's fine-tuned copy, as deltas from the global model."""
+
+    result: CohortResult
+    cohort_position_of_user: np.ndarray  # (num_users,) position of the user's client, -1 if not fine-tuned
+    row_keys: np.ndarray  # (R,) sorted keys cohort_position * num_items + item of the fine-tuned rows
+
+
+def finetune(model: RecModel, params: dict[str, Tensor], data: ClientData, client_of_user: np.ndarray,
+             local: LocalTraining, seed: int) -> Personalization:
+    """Fine-tune every client that has training data, starting from the global ``params``."""
+    cohort = np.flatnonzero(data.sizes > 0)
+    result = train_cohort_vectorized(model, params, data, cohort, local, seed, FINETUNE_ROUND)
+    position_of_client = np.full(data.num_clients, -1, dtype=np.int64)
+    position_of_client[cohort] = np.arange(len(cohort))
+    num_items = num_catalogue_items(model)
+    keys = result.update.row_clients.numpy() * num_items + result.update.row_items.numpy()
+    return Personalization(result, position_of_client[client_of_user], keys)
+
+
+def personal_rows(model: RecModel, params: dict[str, Tensor], personal: Personalization, users: Tensor,
+                  items: Tensor) -> dict[str, Tensor]:
+    """Rows for (users (B,), items (B, S)) from each user's fine-tuned copy of the model."""
+    rows = gather_rows(model, params, users, items)
+    result = personal.result
+    positions = torch.from_numpy(personal.cohort_position_of_user[users.numpy()])  # (B,)
+    tuned = positions >= 0
+    num_items = num_catalogue_items(model)
+    # Private rows: the fine-tuned values of the users that were fine-tuned.
+    if result.users.numel():
+        slot = torch.searchsorted(result.users, users).clamp_max(result.users.numel() - 1)
+        has_row = result.users[slot] == users
+        for name, values in result.private_rows.items():
+            rows[name] = torch.where(has_row.reshape(-1, *[1] * (values.dim() - 1)), values[slot], rows[name])
+    # Shared rows: add the client's delta where it fine-tuned that item.
+    keys = (positions.clamp_min(0)[:, None] * num_items + items).numpy()
+    index = np.searchsorted(personal.row_keys, keys).clip(max=max(len(personal.row_keys) - 1, 0))
+    hit = torch.from_numpy((personal.row_keys[index] == keys) if len(personal.row_keys) else np.zeros_like(keys, bool))
+    hit &= tuned[:, None]
+    index_t = torch.from_numpy(index)
+    for name, deltas in result.update.row_deltas.items():
+        delta = deltas[index_t]  # (B, S, *row_shape)
+        mask = hit.reshape(*hit.shape, *[1] * (delta.dim() - 2))
+        rows[name] = rows[name] + torch.where(mask, delta, torch.zeros_like(delta))
+    # Dense tensors: the client's own fine-tuned copy.
+    for spec in model.specs_by_kind(ParamKind.SHARED_DENSE):
+        own = params[spec.name] + result.update.dense_deltas[spec.name][positions.clamp_min(0)]  # (B, *shape)
+        mask = tuned.reshape(-1, *[1] * len(spec.shape))
+        rows[spec.name] = torch.where(mask, own, params[spec.name].unsqueeze(0).expand_as(own))
+    return rows
+
+
+def personal_scores(model: RecModel, params: dict[str, Tensor], personal: Personalization, users: Tensor,
+                    max_elements: int = 1 << 22) -> Tensor:
+    """Every item's score for each user under its fine-tuned copy: (B, num_items)."""
+    num_items = num_catalogue_items(model)
+    width = sum(int(np.prod(s.row_shape)) for s in model.specs_by_kind(ParamKind.SHARED_ROWS))
+    chunk = max(1, max_elements // (num_items * max(width, 1)))
+    all_items = torch.arange(num_items)
+    parts = []
+    for begin in range(0, len(users), chunk):
+        part = users[begin:begin + chunk]
+        parts.append(model.predict(personal_rows(model, params, personal, part, all_items.expand(len(part), -1))))
+    return torch.cat(parts) if parts else torch.zeros(0, num_items)
