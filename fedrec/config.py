@@ -90,6 +90,7 @@ class TrainConfig(Section):
     backend: Literal["vectorized", "reference"] = "vectorized"
     local_epochs: int = Field(default=1, ge=1)
     local_lr: float = Field(default=0.05, gt=0.0)
+    private_lr: float | None = Field(default=None, gt=0.0)  # local lr of the private rows; default local_lr
     batch_size: int = Field(default=32, ge=1)
     client_fraction: float = Field(default=1.0, gt=0.0, le=1.0)
     row_weighting: Literal["row_count", "client_size", "fedavg"] = "row_count"

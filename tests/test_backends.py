@@ -40,7 +40,7 @@ def _run(model, data, backend, rounds=3, **kwargs):
     "kwargs",
     [
         dict(local=LocalTraining(epochs=2, lr=0.05, batch_size=4), client_fraction=0.5),
-        dict(local=LocalTraining(epochs=1, lr=0.1, batch_size=1), row_weighting="client_size"),
+        dict(local=LocalTraining(epochs=1, lr=0.1, batch_size=1, private_lr=0.03), row_weighting="client_size"),
         dict(local=LocalTraining(epochs=3, lr=0.05, batch_size=7), row_weighting="fedavg",
              server=ServerOptimizer("adam", lr=0.05)),
     ],

@@ -57,6 +57,7 @@ def test_mf_gradient_of_user_vector_matches_formula():
 def test_model_contract(name: str):
     """Every model: declared shapes match init; user rows private; loss finite, (B,), differentiable."""
     model = build_model(name, {"dim": 4}, num_users=5, num_items=7)
+    assert 1 <= model.item_slots <= 6
     params = model.init_params(torch.Generator().manual_seed(0))
     specs = model.param_specs()
     assert {s.name for s in specs} == set(params)
@@ -70,7 +71,7 @@ def test_model_contract(name: str):
     again = model.init_params(torch.Generator().manual_seed(0))
     assert all(torch.equal(params[k], again[k]) for k in params)
     users = torch.tensor([0, 4, 2])
-    items = torch.tensor([[1], [6], [0]])
+    items = torch.tensor([[1, 3, 5, 2, 4, 0], [6, 0, 1, 2, 3, 4], [0, 6, 5, 4, 3, 2]])[:, : model.item_slots]
     rows = {k: v.requires_grad_() for k, v in gather_rows(model, params, users, items).items()}
     loss = model.example_loss(rows, ExampleBatch(torch.tensor([1.0, 5.0, 3.0])))
     assert loss.shape == (3,) and torch.isfinite(loss).all()

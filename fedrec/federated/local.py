@@ -16,6 +16,10 @@ class LocalTraining:
     epochs: int = 1
     lr: float = 0.05
     batch_size: int = 32
+    private_lr: float | None = None  # learning rate of the private rows (user vectors); None: same as lr
+
+    def lr_of(self, private: bool) -> float:
+        return self.private_lr if private and self.private_lr is not None else self.lr
 
 
 @dataclass

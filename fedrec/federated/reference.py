@@ -42,7 +42,9 @@ def train_client(model: RecModel, params: dict[str, Tensor], data: ClientData, c
         else:
             start[spec.name] = params[spec.name].unsqueeze(0)
     local_params = {name: value.clone().requires_grad_() for name, value in start.items()}
-    optimizer = torch.optim.SGD(list(local_params.values()), lr=local.lr)
+    private = {s.name for s in model.specs_by_kind(ParamKind.PRIVATE_ROWS)}
+    optimizer = torch.optim.SGD(
+        [{"params": [value], "lr": local.lr_of(name in private)} for name, value in local_params.items()], lr=local.lr)
     user_row_t, item_row_t = torch.from_numpy(user_row), torch.from_numpy(item_row)
 
     loss_sum, steps = 0.0, 0

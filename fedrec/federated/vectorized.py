@@ -74,7 +74,8 @@ def train_cohort_vectorized(model: RecModel, params: dict[str, Tensor], data: Cl
                 index = step_index[spec.kind]
                 if spec.kind is ParamKind.SHARED_ROWS:
                     index, grad = index.reshape(-1), grad.reshape(-1, *spec.row_shape)
-                tables[spec.name].index_add_(0, index, grad, alpha=-local.lr)
+                lr = local.lr_of(spec.kind is ParamKind.PRIVATE_ROWS)
+                tables[spec.name].index_add_(0, index, grad, alpha=-lr)
         loss_sum += float(loss.detach())
 
     deltas = {name: tables[name] - start[name] for name in tables}

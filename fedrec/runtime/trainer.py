@@ -35,7 +35,7 @@ RoundCallback = Callable[[dict[str, Any]], None]
 def fedavg_settings(config: RunConfig) -> FedAvgSettings:
     train = config.train
     return FedAvgSettings(
-        local=LocalTraining(train.local_epochs, train.local_lr, train.batch_size),
+        local=LocalTraining(train.local_epochs, train.local_lr, train.batch_size, train.private_lr),
         client_fraction=train.client_fraction,
         server=ServerOptimizer(train.server_optimizer, train.server_lr, train.server_momentum,
                                train.server_beta1, train.server_beta2, train.server_tau),
@@ -190,7 +190,7 @@ def final_metrics(run: _Run) -> dict[str, Any]:
     finetune_epochs = run.config.eval.finetune_epochs
     if finetune_epochs and run.federated:
         train = run.config.train
-        local = LocalTraining(finetune_epochs, train.local_lr, train.batch_size)
+        local = LocalTraining(finetune_epochs, train.local_lr, train.batch_size, train.private_lr)
         personal = finetune(exp.model, params, exp.clients, exp.partition.client_of_user, local, train.seed)
         metrics.update(exp.evaluator(params, personal, prefix="finetuned_", validation=False))
     metrics.update(exp.evaluator.popularity_baseline())
