@@ -36,7 +36,8 @@ def machine() -> str:
 
 
 def command() -> str:
-    return "python " + " ".join(shlex.quote(arg) for arg in [os.path.relpath(sys.argv[0])] + sys.argv[1:])
+    env = f"FEDREC_DATA={os.environ['FEDREC_DATA']} " if os.environ.get("FEDREC_DATA") else ""
+    return env + "python " + " ".join(shlex.quote(arg) for arg in [os.path.relpath(sys.argv[0])] + sys.argv[1:])
 
 
 def write_section(name: str, title: str, body: str) -> None:

@@ -76,9 +76,13 @@ def train(
     finally:
         if progress.live.is_started:
             progress.stop()
-    keys = [k for k in ("rmse", "mae", "val_rmse", "rounds", "seconds", "bytes_up", "bytes_down") if k in metrics]
-    out.print(" ".join(f"{k}={metrics[k]:.4f}" if isinstance(metrics[k], float) else f"{k}={metrics[k]}" for k in keys))
-    out.print(f"outputs: {out_dir}/metrics.json, history.jsonl, config.json, checkpoint.safetensors")
+    shown = ("rmse", "mae", "hr@10", "ndcg@10", "sampled_hr@10", "popularity_hr@10", "finetuned_rmse", "finetuned_hr@10",
+             "rounds", "seconds", "bytes_up", "bytes_down")
+    keys = [k for k in shown if k in metrics]
+    out.print(" ".join(f"{k}={metrics[k]:.4f}" if isinstance(metrics[k], float) else f"{k}={metrics[k]}" for k in keys),
+              soft_wrap=True, highlight=False)
+    out.print(f"outputs: {out_dir}/metrics.json, history.jsonl, config.json, checkpoint.safetensors",
+              soft_wrap=True, highlight=False)
 
 
 @data_app.command("info")
