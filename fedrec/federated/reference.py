@@ -11,7 +11,7 @@ import torch
 
 from fedrec.federated.aggregation import CohortUpdate
 from fedrec.federated.cohort import ClientData, shuffle_keys, slot_items
-from fedrec.federated.local import CohortResult, LocalTraining
+from fedrec.federated.local import CohortResult, LocalTraining, local_copies
 from fedrec.models.base import ExampleBatch, ParamKind, RecModel
 from torch import Tensor
 
@@ -33,14 +33,7 @@ def train_client(model: RecModel, params: dict[str, Tensor], data: ClientData, c
     own_users, user_row = np.unique(users, return_inverse=True)
     own_items, item_row = np.unique(np.stack(epoch_items), return_inverse=True)
     item_row = item_row.reshape(local.epochs, n, -1)  # (E, n, S)
-    start: dict[str, Tensor] = {}
-    for spec in model.param_specs():
-        if spec.kind is ParamKind.PRIVATE_ROWS:
-            start[spec.name] = params[spec.name][torch.from_numpy(own_users)]
-        elif spec.kind is ParamKind.SHARED_ROWS:
-            start[spec.name] = params[spec.name][torch.from_numpy(own_items)]
-        else:
-            start[spec.name] = params[spec.name].unsqueeze(0)
+    start = local_copies(model, params, own_users, own_items, 1)
     local_params = {name: value.clone().requires_grad_() for name, value in start.items()}
     private = {s.name for s in model.specs_by_kind(ParamKind.PRIVATE_ROWS)}
     optimizer = torch.optim.SGD(

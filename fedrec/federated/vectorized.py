@@ -18,7 +18,7 @@ from torch import Tensor
 
 from fedrec.federated.aggregation import CohortUpdate
 from fedrec.federated.cohort import ClientData, cohort_examples, local_schedule, slot_items
-from fedrec.federated.local import CohortResult, LocalTraining
+from fedrec.federated.local import CohortResult, LocalTraining, local_copies
 from fedrec.models.base import ExampleBatch, ParamKind, RecModel
 
 
@@ -41,14 +41,7 @@ def train_cohort_vectorized(model: RecModel, params: dict[str, Tensor], data: Cl
     item_row = item_row.reshape(-1, slots)  # (M, S) local row of each slot
     row_items, row_clients = row_keys % num_items, row_keys // num_items
 
-    start: dict[str, Tensor] = {}
-    for spec in model.param_specs():
-        if spec.kind is ParamKind.PRIVATE_ROWS:
-            start[spec.name] = params[spec.name][torch.from_numpy(own_users)]
-        elif spec.kind is ParamKind.SHARED_ROWS:
-            start[spec.name] = params[spec.name][torch.from_numpy(row_items)]
-        else:
-            start[spec.name] = params[spec.name].unsqueeze(0).expand(num_clients, *spec.shape)
+    start = local_copies(model, params, own_users, row_items, num_clients)
     tables = {name: value.clone() for name, value in start.items()}
 
     index_of = {
