@@ -27,7 +27,7 @@ class DataConfig(Section):
     name: str = "synthetic"
     data_dir: str | None = None  # a folder holding the dataset (or its parent); else $FEDREC_DATA, cache
     download: bool = False  # fetch the official archive into the cache when not found locally
-    split: Literal["official", "ratio", "leave_last_out"] = "ratio"
+    split: Literal["official", "ratio", "leave_last_out", "leave_one_out"] = "ratio"  # leave_one_out: random, for data without time
     fold: int = Field(default=1, ge=1, le=5)  # official fold uN (ML-100K: 1..5)
     test_ratio: float = Field(default=0.2, gt=0.0, lt=1.0)  # split = "ratio"
     validation_ratio: float = Field(default=0.0, ge=0.0, lt=1.0)  # carved per user from train (leave_last_out

@@ -151,3 +151,23 @@ def test_official_split_lookup() -> None:
     assert "'u3'" not in message and "3" in message and "available: u1, ua" in message and "\n" not in message
     with pytest.raises(FedrecError, match="available: none"):
         official_split(make_synthetic(num_users=10, num_items=20), "u1")
+
+
+def test_random_leave_one_out_holds_out_one_random_interaction_per_user():
+    from fedrec.data.splits import random_leave_one_out_with_report
+
+    rng = np.random.default_rng(0)
+    users = np.repeat(np.arange(6), [1, 2, 3, 5, 8, 4])
+    items = np.concatenate([rng.permutation(10)[:k] for k in [1, 2, 3, 5, 8, 4]])
+    inter = Interactions(users, items, np.ones(len(users), np.float32), np.zeros(len(users), np.int64))
+    split, excluded = random_leave_one_out_with_report(inter, seed=3)
+    assert excluded == 2  # users with 1 and 2 interactions cannot give test + validation + train
+    assert np.array_equal(np.sort(split.test.users), np.arange(2, 6))
+    assert np.array_equal(np.sort(split.validation.users), np.arange(2, 6))
+    assert len(split.train) + len(split.test) + len(split.validation) == len(inter) - 3
+    keys = lambda part: set(zip(part.users.tolist(), part.items.tolist()))  # noqa: E731
+    assert keys(split.train) | keys(split.test) | keys(split.validation) == keys(inter.subset(users >= 2))
+    again, _ = random_leave_one_out_with_report(inter, seed=3)
+    assert keys(again.test) == keys(split.test)
+    other = [keys(random_leave_one_out_with_report(inter, seed=s)[0].test) for s in range(1, 8)]
+    assert any(o != keys(split.test) for o in other)  # the held-out item is random, not the last row

@@ -81,6 +81,27 @@ def leave_last_out_with_report(inter: Interactions, validation: bool = True) -> 
     return split, int((sizes < needed).sum())
 
 
+def random_leave_one_out_with_report(inter: Interactions, seed: int, validation: bool = True) -> tuple[Split, int]:
+    """Leave-one-out with the held-out interactions chosen at random per user (for data without time).
+
+    Same rules as leave-last-out, with a seeded random order in place of time; returns the split and
+    the number of users left out for having too few interactions.
+    """
+    random_time = np.random.default_rng(seed).permutation(len(inter)).astype(np.int64)
+    shuffled = Interactions(inter.users, inter.items, inter.ratings, random_time)
+    split, excluded = leave_last_out_with_report(shuffled, validation)
+    restore = lambda part: None if part is None else inter.subset(_rows_of(part, inter, random_time))  # noqa: E731
+    return replace(split, train=restore(split.train), test=restore(split.test), validation=restore(split.validation),
+                   name=f"random-leave-one-out-seed{seed}"), excluded
+
+
+def _rows_of(part: Interactions, inter: Interactions, random_time: np.ndarray) -> np.ndarray:
+    """Row indices of ``inter`` whose random time stamps appear in ``part`` (they are unique)."""
+    position = np.empty(len(random_time), dtype=np.int64)
+    position[random_time] = np.arange(len(random_time))
+    return np.sort(position[part.timestamps])
+
+
 def leave_last_out(inter: Interactions, validation: bool = True) -> Split:
     """Leave-last-out split; see ``leave_last_out_with_report`` for the excluded-user count."""
     return leave_last_out_with_report(inter, validation)[0]

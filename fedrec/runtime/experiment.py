@@ -11,7 +11,8 @@ from fedrec.config import RunConfig
 from fedrec.data.dataset import Dataset, Interactions, Split
 from fedrec.data.partition import Partition, per_user_partition, random_silos, silos_by_feature
 from fedrec.data.registry import canonical_name, load_dataset
-from fedrec.data.splits import carve_validation, leave_last_out_with_report, official_split, random_ratio_split
+from fedrec.data.splits import (carve_validation, leave_last_out_with_report, official_split,
+                                 random_leave_one_out_with_report, random_ratio_split)
 from fedrec.errors import FedrecError
 from fedrec.eval.protocol import Evaluator
 from fedrec.federated.cohort import ClientData
@@ -68,9 +69,10 @@ def make_split(config: RunConfig, dataset: Dataset) -> tuple[Split, int]:
         split = official_split(dataset, data.fold)
     elif data.split == "ratio":
         split = random_ratio_split(dataset.interactions, data.test_ratio, data.split_seed)
+    elif data.split == "leave_last_out":
+        return leave_last_out_with_report(dataset.interactions, validation=True)
     else:
-        split, excluded = leave_last_out_with_report(dataset.interactions, validation=True)
-        return split, excluded
+        return random_leave_one_out_with_report(dataset.interactions, data.split_seed, validation=True)
     if data.validation_ratio > 0:
         split = carve_validation(split, data.validation_ratio, data.split_seed)
     return split, excluded
@@ -104,6 +106,9 @@ def prepare(config: RunConfig) -> Experiment:
     if "global_mean" in model_options(config.model.name):
         options["global_mean"] = float(np.mean(split.train.ratings))
     model = build_model(config.model.name, options, dataset.num_users, dataset.num_items)
+    if ranking and max(config.eval.ks) > dataset.num_items:
+        raise FedrecError(f"eval.ks has K={max(config.eval.ks)} but {dataset.name} has only {dataset.num_items} items; "
+                          f"use K <= {dataset.num_items}")
     idle = int(np.sum(clients.sizes == 0))
     evaluator = Evaluator(model, split, ranking, dataset.rating_range, config.eval.ks, config.eval.sampled_negatives,
                           config.eval.seed)
