@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="override for every run")
     args = parser.parse_args()
     rows = ["| config | mode | HR@10 | NDCG@10 | sampled HR@10 | sampled NDCG@10 | popularity HR@10 | "
-            "fed/central HR@10 | fed/central NDCG@10 | median s/round | total s |",
+            "fed/central HR@10 | fed/central NDCG@10 | mean s/round | total s |",
             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     with tempfile.TemporaryDirectory() as tmp:
         for pair in args.pairs:

@@ -31,26 +31,27 @@ def test_mf_prediction_matches_hand_computation():
     predicted = model.predict(rows)
     # user 0, item 0: 3.5 + 0.1 + 0.2 + (1*0.3 + 2*0.4) = 4.9
     # user 1, item 2: 3.5 - 0.2 - 0.5 + (0.5*-1 + -1*1) = 1.3
-    assert predicted.shape == (2, 1)
-    assert predicted[:, 0].tolist() == pytest.approx([4.9, 1.3], abs=1e-6)
+    assert predicted.shape == (1, 2, 1)
+    assert predicted[0, :, 0].tolist() == pytest.approx([4.9, 1.3], abs=1e-6)
 
 
 def test_mf_loss_is_squared_error_plus_l2_on_the_rows_used():
     model, params = _tiny_mf(l2=0.1)
     rows = gather_rows(model, params, torch.tensor([0]), torch.tensor([[0]]))
-    loss = model.example_loss(rows, ExampleBatch(torch.tensor([4.0])))
+    loss = model.example_loss(rows, ExampleBatch(torch.tensor([[4.0]])))
     # error 0.9; reg = |p|^2 5 + b_u^2 0.01 + |q|^2 0.25 + b_i^2 0.04 = 5.30
-    assert float(loss[0]) == pytest.approx(0.81 + 0.1 * 5.30, abs=1e-6)
+    assert loss.shape == (1, 1)
+    assert float(loss[0, 0]) == pytest.approx(0.81 + 0.1 * 5.30, abs=1e-6)
 
 
 def test_mf_gradient_of_user_vector_matches_formula():
     model, params = _tiny_mf(l2=0.1)
     rows = gather_rows(model, params, torch.tensor([0]), torch.tensor([[0]]))
     rows["user_vec"].requires_grad_(True)
-    model.example_loss(rows, ExampleBatch(torch.tensor([4.0]))).sum().backward()
+    model.example_loss(rows, ExampleBatch(torch.tensor([[4.0]]))).sum().backward()
     # d/dp = 2 * err * q + 2 * l2 * p = 2*0.9*[0.3,0.4] + 0.2*[1,2]
     expected = [2 * 0.9 * 0.3 + 0.2 * 1.0, 2 * 0.9 * 0.4 + 0.2 * 2.0]
-    assert rows["user_vec"].grad[0].tolist() == pytest.approx(expected, abs=1e-6)
+    assert rows["user_vec"].grad[0, 0].tolist() == pytest.approx(expected, abs=1e-6)
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -73,8 +74,8 @@ def test_model_contract(name: str):
     users = torch.tensor([0, 4, 2])
     items = torch.tensor([[1, 3, 5, 2, 4, 0], [6, 0, 1, 2, 3, 4], [0, 6, 5, 4, 3, 2]])[:, : model.item_slots]
     rows = {k: v.requires_grad_() for k, v in gather_rows(model, params, users, items).items()}
-    loss = model.example_loss(rows, ExampleBatch(torch.tensor([1.0, 5.0, 3.0])))
-    assert loss.shape == (3,) and torch.isfinite(loss).all()
+    loss = model.example_loss(rows, ExampleBatch(torch.tensor([[1.0, 5.0, 3.0]])))
+    assert loss.shape == (1, 3) and torch.isfinite(loss).all()
     loss.sum().backward()
     assert all(v.grad is not None for v in rows.values())
 

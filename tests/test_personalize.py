@@ -27,17 +27,17 @@ def test_finetuned_copy_equals_the_clients_own_training(name, options):
     own = train_client(model, params, data, user, local, seed=7, round_index=FINETUNE_ROUND)
     items = torch.arange(25).reshape(1, -1)
     rows = personal_rows(model, params, personal, torch.tensor([user]), items)
-    expected = gather_rows(model, params, torch.tensor([user]), items)
+    expected = gather_rows(model, params, torch.tensor([user]), items)  # one group of one user: (1, 1, ...)
     for k, item in enumerate(own.update.row_items.tolist()):
         for table, delta in own.update.row_deltas.items():
-            expected[table][0, item] = expected[table][0, item] + delta[k]
+            expected[table][0, 0, item] = expected[table][0, 0, item] + delta[k]
     for table, delta in own.update.dense_deltas.items():
         expected[table] = params[table].unsqueeze(0) + delta
     for table, value in own.private_rows.items():
-        expected[table] = value
+        expected[table] = value.unsqueeze(0)
     for table in rows:
         torch.testing.assert_close(rows[table], expected[table], atol=1e-5, rtol=0)
     scores = personal_scores(model, params, personal, torch.tensor([user]))
-    torch.testing.assert_close(scores, model.predict(expected), atol=1e-5, rtol=0)
-    # an untouched user keeps the global model where it did not train
-    assert not torch.equal(scores, model.predict(gather_rows(model, params, torch.tensor([user]), items)))
+    torch.testing.assert_close(scores, model.predict(expected)[0], atol=1e-5, rtol=0)
+    # fine-tuning changed this user's scores
+    assert not torch.equal(scores, model.predict(gather_rows(model, params, torch.tensor([user]), items))[0])

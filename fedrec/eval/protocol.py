@@ -79,7 +79,7 @@ class Evaluator:
             return personal_scores(model, params, personal, users)
 
         def score_pairs(users: Tensor, items: Tensor) -> Tensor:
-            return model.predict(gather(users, items))
+            return model.predict(gather(users, items)).reshape(len(users), -1)
 
         metrics: dict[str, float] = {}
         has_validation = validation and self.split.validation is not None and len(self.split.validation) > 0
@@ -106,7 +106,7 @@ class Evaluator:
             return counts.expand(len(users), -1)
 
         def score_pairs(users: Tensor, items: Tensor) -> Tensor:
-            return counts[items]
+            return counts[items]  # (B, C)
 
         metrics = self._ranking(score_users, score_pairs, self._parts["test"], "popularity_")
         return {k: v for k, v in metrics.items() if not k.endswith("_users")}

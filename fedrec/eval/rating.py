@@ -38,7 +38,7 @@ def predict_ratings(model: RecModel, params: dict[str, Tensor], interactions: In
     out = []
     for begin in range(0, len(users), batch_size):
         u, i = users[begin:begin + batch_size], items[begin:begin + batch_size].unsqueeze(1)
-        out.append(model.predict(gather(u, i)).squeeze(1))
+        out.append(model.predict(gather(u, i)).reshape(-1))
     predictions = torch.cat(out) if out else torch.zeros(0)
     if rating_range is not None:
         predictions = predictions.clamp(*rating_range)

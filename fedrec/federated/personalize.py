@@ -18,7 +18,7 @@ from torch import Tensor
 from fedrec.federated.cohort import ClientData
 from fedrec.federated.local import CohortResult, LocalTraining
 from fedrec.federated.vectorized import train_cohort_vectorized
-from fedrec.models.base import ParamKind, RecModel, gather_rows, num_catalogue_items
+from fedrec.models.base import ParamKind, RecModel, num_catalogue_items
 
 FINETUNE_ROUND = 1 << 40  # round counter used for fine-tuning draws (disjoint from training rounds)
 
@@ -46,18 +46,32 @@ def finetune(model: RecModel, params: dict[str, Tensor], data: ClientData, clien
 
 def personal_rows(model: RecModel, params: dict[str, Tensor], personal: Personalization, users: Tensor,
                   items: Tensor) -> dict[str, Tensor]:
-    """Rows for (users (B,), items (B, S)) from each user's fine-tuned copy of the model."""
-    rows = gather_rows(model, params, users, items)
+    """Rows for (users (B,), items (B, S)) from each user's fine-tuned copy of the model.
+
+    Every user is its own group (it has its own dense tensors): (B, 1, ...) rows, (B, *shape) dense.
+    """
     result = personal.result
     positions = torch.from_numpy(personal.cohort_position_of_user[users.numpy()])  # (B,)
     tuned = positions >= 0
     num_items = num_catalogue_items(model)
+    rows: dict[str, Tensor] = {}
+    for spec in model.param_specs():
+        value = params[spec.name]
+        if spec.kind is ParamKind.PRIVATE_ROWS:
+            rows[spec.name] = value[users].unsqueeze(1)  # (B, 1, *row)
+        elif spec.kind is ParamKind.SHARED_ROWS:
+            rows[spec.name] = value[items].unsqueeze(1)  # (B, 1, S, *row)
+        else:  # the client's own fine-tuned copy, or the global one
+            own = value + result.update.dense_deltas[spec.name][positions.clamp_min(0)]  # (B, *shape)
+            mask = tuned.reshape(-1, *[1] * len(spec.shape))
+            rows[spec.name] = torch.where(mask, own, value.unsqueeze(0).expand_as(own))
     # Private rows: the fine-tuned values of the users that were fine-tuned.
     if result.users.numel():
         slot = torch.searchsorted(result.users, users).clamp_max(result.users.numel() - 1)
         has_row = result.users[slot] == users
         for name, values in result.private_rows.items():
-            rows[name] = torch.where(has_row.reshape(-1, *[1] * (values.dim() - 1)), values[slot], rows[name])
+            fresh = values[slot].unsqueeze(1)
+            rows[name] = torch.where(has_row.reshape(-1, *[1] * (fresh.dim() - 1)), fresh, rows[name])
     # Shared rows: add the client's delta where it fine-tuned that item.
     keys = (positions.clamp_min(0)[:, None] * num_items + items).numpy()
     index = np.searchsorted(personal.row_keys, keys).clip(max=max(len(personal.row_keys) - 1, 0))
@@ -65,14 +79,9 @@ def personal_rows(model: RecModel, params: dict[str, Tensor], personal: Personal
     hit &= tuned[:, None]
     index_t = torch.from_numpy(index)
     for name, deltas in result.update.row_deltas.items():
-        delta = deltas[index_t]  # (B, S, *row_shape)
-        mask = hit.reshape(*hit.shape, *[1] * (delta.dim() - 2))
+        delta = deltas[index_t].unsqueeze(1)  # (B, 1, S, *row_shape)
+        mask = hit.unsqueeze(1).reshape(*hit.shape[:1], 1, hit.shape[1], *[1] * (delta.dim() - 3))
         rows[name] = rows[name] + torch.where(mask, delta, torch.zeros_like(delta))
-    # Dense tensors: the client's own fine-tuned copy.
-    for spec in model.specs_by_kind(ParamKind.SHARED_DENSE):
-        own = params[spec.name] + result.update.dense_deltas[spec.name][positions.clamp_min(0)]  # (B, *shape)
-        mask = tuned.reshape(-1, *[1] * len(spec.shape))
-        rows[spec.name] = torch.where(mask, own, params[spec.name].unsqueeze(0).expand_as(own))
     return rows
 
 
@@ -86,5 +95,6 @@ def personal_scores(model: RecModel, params: dict[str, Tensor], personal: Person
     parts = []
     for begin in range(0, len(users), chunk):
         part = users[begin:begin + chunk]
-        parts.append(model.predict(personal_rows(model, params, personal, part, all_items.expand(len(part), -1))))
+        scores = model.predict(personal_rows(model, params, personal, part, all_items.expand(len(part), -1)))
+        parts.append(scores.reshape(len(part), num_items))
     return torch.cat(parts) if parts else torch.zeros(0, num_items)

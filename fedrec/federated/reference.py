@@ -49,12 +49,12 @@ def train_client(model: RecModel, params: dict[str, Tensor], data: ClientData, c
             for spec in model.param_specs():
                 value = local_params[spec.name]
                 if spec.kind is ParamKind.PRIVATE_ROWS:
-                    rows[spec.name] = value[user_row_t[batch]]
+                    rows[spec.name] = value[user_row_t[batch]].unsqueeze(0)  # (1, B, ...)
                 elif spec.kind is ParamKind.SHARED_ROWS:
-                    rows[spec.name] = value[item_row_t[epoch][batch]]  # (B, S, ...)
+                    rows[spec.name] = value[item_row_t[epoch][batch]].unsqueeze(0)  # (1, B, S, ...)
                 else:
-                    rows[spec.name] = value
-            loss = model.example_loss(rows, ExampleBatch(targets[batch])).mean()
+                    rows[spec.name] = value  # (1, *shape): the client's one copy
+            loss = model.example_loss(rows, ExampleBatch(targets[batch].unsqueeze(0))).mean()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -44,11 +44,14 @@ def train_cohort_vectorized(model: RecModel, params: dict[str, Tensor], data: Cl
     start = local_copies(model, params, own_users, row_items, num_clients)
     tables = {name: value.clone() for name, value in start.items()}
 
-    index_of = {
-        ParamKind.PRIVATE_ROWS: torch.from_numpy(user_row),  # (M,)
-        ParamKind.SHARED_ROWS: torch.from_numpy(item_row),  # (M, S)
-        ParamKind.SHARED_DENSE: torch.from_numpy(copy_client),  # (M,)
-    }
+    # Within a step, each client's copies are contiguous: lay the step out as (clients, batch),
+    # padded, so that every client's dense tensors are used once per step, not copied per example.
+    new_group = np.r_[True, (np.diff(copy_client) != 0) | (np.diff(_step_of(schedule.step_bounds)) != 0)]
+    group_of_copy = np.cumsum(new_group) - 1  # (M,)
+    group_first = np.flatnonzero(new_group)
+    slot_of_copy = np.arange(len(copy_client)) - group_first[group_of_copy]  # (M,) position in its group
+    group_client = torch.from_numpy(copy_client[group_first])  # (groups,) cohort position of each group
+    user_row_t, item_row_t = torch.from_numpy(user_row), torch.from_numpy(item_row)
     targets = torch.from_numpy(data.targets[data_index])
     weights = torch.from_numpy(schedule.weight)  # 1 / size of the client's batch
     specs = model.param_specs()
@@ -56,19 +59,30 @@ def train_cohort_vectorized(model: RecModel, params: dict[str, Tensor], data: Cl
     loss_sum = 0.0
     bounds = schedule.step_bounds
     for step in range(len(bounds) - 1):
-        part = slice(int(bounds[step]), int(bounds[step + 1]))  # the copies trained at this step
-        step_index = {kind: index[part] for kind, index in index_of.items()}
+        lo, hi = int(bounds[step]), int(bounds[step + 1])  # the copies trained at this step
+        g_lo, g_hi = int(group_of_copy[lo]), int(group_of_copy[hi - 1]) + 1
+        group = torch.from_numpy(group_of_copy[lo:hi] - g_lo)
+        slot = torch.from_numpy(slot_of_copy[lo:hi])
+        shape = (g_hi - g_lo, int(slot.max()) + 1)  # (G, N)
+        padded_copy = torch.zeros(shape, dtype=torch.int64)
+        padded_copy[group, slot] = torch.arange(lo, hi)
+        real = torch.zeros(shape, dtype=torch.bool)
+        real[group, slot] = True
+        step_index = {
+            ParamKind.PRIVATE_ROWS: user_row_t[padded_copy],  # (G, N)
+            ParamKind.SHARED_ROWS: item_row_t[padded_copy],  # (G, N, S)
+            ParamKind.SHARED_DENSE: group_client[g_lo:g_hi],  # (G,)
+        }
         leaves = [tables[spec.name][step_index[spec.kind]].requires_grad_() for spec in specs]
         rows = dict(zip((spec.name for spec in specs), leaves))
-        loss = (model.example_loss(rows, ExampleBatch(targets[part])) * weights[part]).sum()
+        step_weights = torch.where(real, weights[padded_copy], 0.0)  # padding contributes nothing
+        loss = (model.example_loss(rows, ExampleBatch(targets[padded_copy])) * step_weights).sum()
         grads = torch.autograd.grad(loss, leaves)
         with torch.no_grad():
             for spec, grad in zip(specs, grads):
-                index = step_index[spec.kind]
-                if spec.kind is ParamKind.SHARED_ROWS:
-                    index, grad = index.reshape(-1), grad.reshape(-1, *spec.row_shape)
+                index = step_index[spec.kind].reshape(-1)
                 lr = local.lr_of(spec.kind is ParamKind.PRIVATE_ROWS)
-                tables[spec.name].index_add_(0, index, grad, alpha=-lr)
+                tables[spec.name].index_add_(0, index, grad.reshape(-1, *spec.row_shape), alpha=-lr)
         loss_sum += float(loss.detach())
 
     deltas = {name: tables[name] - start[name] for name in tables}
@@ -83,3 +97,8 @@ def train_cohort_vectorized(model: RecModel, params: dict[str, Tensor], data: Cl
     private_rows = {s.name: tables[s.name] for s in model.specs_by_kind(ParamKind.PRIVATE_ROWS)}
     steps = int(np.sum(-(-examples.client_sizes // local.batch_size))) * local.epochs
     return CohortResult(update, torch.from_numpy(own_users), private_rows, loss_sum, steps)
+
+
+def _step_of(bounds: np.ndarray) -> np.ndarray:
+    """The step number of every copy, from the step boundaries."""
+    return np.repeat(np.arange(len(bounds) - 1), np.diff(bounds))

@@ -50,13 +50,9 @@ class ParamSpec:
 
 @dataclass(frozen=True)
 class ExampleBatch:
-    """Targets of a batch of examples; the rows they need are gathered separately.
+    """Targets of a batch of examples (ratings, or interaction weights); rows are gathered separately."""
 
-    ``targets`` is (B,) ratings for explicit models. Models with several item slots per example
-    (e.g. a positive and a sampled negative) get ``item_slots`` > 1 and targets per slot.
-    """
-
-    targets: Tensor  # (B,) or (B, S)
+    targets: Tensor  # (G, N)
 
 
 class RecModel(abc.ABC):
@@ -80,16 +76,18 @@ class RecModel(abc.ABC):
 
     @abc.abstractmethod
     def example_loss(self, rows: dict[str, Tensor], batch: ExampleBatch) -> Tensor:
-        """Per-example training loss, regularisation included: (B,).
+        """Per-example training loss, regularisation included: (G, N).
 
-        ``rows[name]`` is (B, *row_shape) for private tables (gathered by user), (B, S, *row_shape)
-        for shared tables (gathered by the S item slots), and (B, *shape) or (1, *shape) for
-        dense tensors (gathered by the client that owns the example, or one shared copy).
+        Examples come in G groups of N (a group shares one copy of the dense tensors: one client's
+        local model in the vectorised backend; the single global model elsewhere):
+        ``rows[name]`` is (G, N, *row_shape) for private tables (gathered by user),
+        (G, N, S, *row_shape) for shared tables (gathered by the S item slots), and (G, *shape) for
+        dense tensors. ``batch.targets`` is (G, N).
         """
 
     @abc.abstractmethod
     def predict(self, rows: dict[str, Tensor]) -> Tensor:
-        """Scores for gathered rows as in :meth:`example_loss`: (B, S)."""
+        """Scores for gathered rows as in :meth:`example_loss`: (G, N, S)."""
 
     def specs_by_kind(self, kind: ParamKind) -> list[ParamSpec]:
         return [spec for spec in self.param_specs() if spec.kind is kind]
@@ -107,14 +105,14 @@ def parameter_bytes(spec: ParamSpec, rows: int | None = None, bytes_per_value: i
 
 
 def gather_rows(model: RecModel, params: dict[str, Tensor], users: Tensor, items: Tensor) -> dict[str, Tensor]:
-    """Rows for examples (users (B,), items (B, S)) from full parameter tables, as the loss expects."""
+    """Rows for examples (users (B,), items (B, S)) from the global model: one group, (1, B, ...)."""
     rows = {}
     for spec in model.param_specs():
         value = params[spec.name]
         if spec.kind is ParamKind.PRIVATE_ROWS:
-            rows[spec.name] = value[users]
+            rows[spec.name] = value[users].unsqueeze(0)
         elif spec.kind is ParamKind.SHARED_ROWS:
-            rows[spec.name] = value[items]
+            rows[spec.name] = value[items].unsqueeze(0)
         else:
             rows[spec.name] = value.unsqueeze(0)
     return rows
@@ -140,5 +138,5 @@ def score_all_items(model: RecModel, params: dict[str, Tensor], users: Tensor, m
     parts = []
     for begin in range(0, len(users), chunk):
         part = users[begin:begin + chunk]
-        parts.append(model.predict(gather_rows(model, params, part, items.expand(len(part), -1))))
+        parts.append(model.predict(gather_rows(model, params, part, items.expand(len(part), -1)))[0])
     return torch.cat(parts) if parts else torch.zeros(0, num_items)

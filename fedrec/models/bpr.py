@@ -49,12 +49,12 @@ class BPRMF(RecModel):
         }
 
     def predict(self, rows: dict[str, Tensor]) -> Tensor:
-        dot = (rows["user_vec"].unsqueeze(1) * rows["item_vec"]).sum(-1)  # (B, S)
+        dot = (rows["user_vec"].unsqueeze(-2) * rows["item_vec"]).sum(-1)  # (G, N, S)
         return dot + rows["item_bias"].squeeze(-1)
 
     def example_loss(self, rows: dict[str, Tensor], batch: ExampleBatch) -> Tensor:
-        scores = self.predict(rows)  # (B, 1 + negatives)
-        margin = scores[:, :1] - scores[:, 1:]  # (B, negatives)
+        scores = self.predict(rows)  # (G, N, 1 + negatives)
+        margin = scores[..., :1] - scores[..., 1:]  # (G, N, negatives)
         reg = rows["user_vec"].pow(2).sum(-1) + rows["item_vec"].pow(2).sum((-2, -1)) + rows["item_bias"].pow(2).sum((-2, -1))
         return -F.logsigmoid(margin).mean(-1) + self.config.l2 * reg
 

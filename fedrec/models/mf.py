@@ -52,14 +52,14 @@ class BiasedMF(RecModel):
         }
 
     def predict(self, rows: dict[str, Tensor]) -> Tensor:
-        p = rows["user_vec"].unsqueeze(1)  # (B, 1, d)
-        q = rows["item_vec"]  # (B, S, d)
-        dot = (p * q).sum(-1)  # (B, S)
-        return rows["global_bias"].reshape(-1, 1) + rows["user_bias"] + rows["item_bias"].squeeze(-1) + dot
+        p = rows["user_vec"].unsqueeze(-2)  # (G, N, 1, d)
+        q = rows["item_vec"]  # (G, N, S, d)
+        dot = (p * q).sum(-1)  # (G, N, S)
+        mu = rows["global_bias"].reshape(-1, 1, 1)  # (G, 1, 1)
+        return mu + rows["user_bias"] + rows["item_bias"].squeeze(-1) + dot
 
     def example_loss(self, rows: dict[str, Tensor], batch: ExampleBatch) -> Tensor:
-        targets = batch.targets.reshape(-1, 1)  # (B, 1)
-        error = (self.predict(rows) - targets).squeeze(1)  # (B,)
+        error = self.predict(rows)[..., 0] - batch.targets  # (G, N)
         reg = (
             rows["user_vec"].pow(2).sum(-1)
             + rows["user_bias"].pow(2).sum(-1)

@@ -91,28 +91,33 @@ class NCF(RecModel):
         return params
 
     def _features(self, rows: dict[str, Tensor]) -> Tensor:
-        """phi for every slot: (B, S, head_size)."""
+        """phi for every slot: (G, N, S, head_size)."""
         parts = []
         if self.use_gmf:
-            parts.append(rows["user_gmf"].unsqueeze(1) * rows["item_gmf"])  # (B, S, d)
+            parts.append(rows["user_gmf"].unsqueeze(-2) * rows["item_gmf"])  # (G, N, S, d)
         if self.use_mlp:
-            items = rows["item_mlp"]  # (B, S, d)
-            x = torch.cat([rows["user_mlp"].unsqueeze(1).expand_as(items), items], -1)  # (B, S, 2d)
+            items = rows["item_mlp"]  # (G, N, S, d)
+            groups, n, slots, _ = items.shape
+            x = torch.cat([rows["user_mlp"].unsqueeze(-2).expand_as(items), items], -1)  # (G, N, S, 2d)
+            x = x.reshape(groups, n * slots, -1)  # one matrix product per group (client)
             for k in range(len(self.config.layers)):
-                weight, bias = rows[f"mlp{k}_w"], rows[f"mlp{k}_b"]  # (B or 1, in, out), (B or 1, out)
-                x = F.relu(torch.matmul(x, weight) + bias.unsqueeze(1))
-            parts.append(x)
+                weight, bias = rows[f"mlp{k}_w"], rows[f"mlp{k}_b"]  # (G, in, out), (G, out)
+                x = F.relu(torch.bmm(x, weight) + bias.unsqueeze(1))
+            parts.append(x.reshape(groups, n, slots, -1))
         return torch.cat(parts, -1)
 
     def predict(self, rows: dict[str, Tensor]) -> Tensor:
-        head = rows["head"]  # (B or 1, H + 1)
-        phi = self._features(rows)  # (B, S, H)
-        return (phi * head[:, None, :-1]).sum(-1) + head[:, -1:]
+        head = rows["head"]  # (G, H + 1) shared, or (G, N, H + 1) private
+        if head.dim() == 2:
+            head = head.unsqueeze(1)
+        head = head.unsqueeze(-2)  # (G, N or 1, 1, H + 1)
+        phi = self._features(rows)  # (G, N, S, H)
+        return (phi * head[..., :-1]).sum(-1) + head[..., -1]
 
     def example_loss(self, rows: dict[str, Tensor], batch: ExampleBatch) -> Tensor:
-        logits = self.predict(rows)  # (B, S)
+        logits = self.predict(rows)  # (G, N, S)
         labels = torch.zeros_like(logits)
-        labels[:, 0] = 1.0
+        labels[..., 0] = 1.0
         bce = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").sum(-1)
         reg = sum(rows[name].pow(2).sum(-1) for name in ("user_gmf", "user_mlp") if name in rows)
         reg = reg + sum(rows[name].pow(2).sum((-2, -1)) for name in ("item_gmf", "item_mlp") if name in rows)

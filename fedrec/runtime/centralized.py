@@ -50,7 +50,7 @@ def train_epoch(model: RecModel, params: dict[str, Tensor], optimizer: torch.opt
     for begin in range(0, n, batch_size):
         batch = torch.from_numpy(order[begin:begin + batch_size])
         rows = gather_rows(model, params, users[batch], items[batch])
-        loss = model.example_loss(rows, ExampleBatch(targets[batch])).mean()
+        loss = model.example_loss(rows, ExampleBatch(targets[batch].unsqueeze(0))).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
