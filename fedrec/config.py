@@ -100,6 +100,7 @@ class TrainConfig(Section):
     server_beta1: float = Field(default=0.9, ge=0.0, lt=1.0)
     server_beta2: float = Field(default=0.99, ge=0.0, lt=1.0)
     server_tau: float = Field(default=1e-3, gt=0.0)
+    server_lazy_rows: bool = False  # adaptive server optimisers: rows no client updated keep value and state
     # centralised mode
     central_optimizer: Literal["adam", "sgd"] = "adam"
     central_lr: float = Field(default=1e-3, gt=0.0)

@@ -53,3 +53,20 @@ def test_state_is_created_when_missing():
     params, state = opt.step(_one(0.0), _one(1.0), {})
     assert set(state) == {"w.m", "w.v"}
     assert float(params["w"][0]) > 0
+
+
+def test_lazy_rows_leave_untouched_rows_and_their_state_alone():
+    opt = ServerOptimizer("adam", lr=0.1, lazy_rows=True)
+    params = {"q": torch.zeros(3, 2)}
+    state = opt.init(params)
+    params, state = opt.step(params, {"q": torch.tensor([[1.0, 1.0], [0.0, 0.0], [0.5, -0.5]])}, state)
+    moved = params["q"].clone()
+    assert torch.all(moved[1] == 0) and torch.all(moved[0] > 0)
+    # round 2: only row 1 is updated; rows 0 and 2 keep their values and their momentum
+    params, state2 = opt.step(params, {"q": torch.tensor([[0.0, 0.0], [1.0, 1.0], [0.0, 0.0]])}, state)
+    assert torch.equal(params["q"][0], moved[0]) and torch.equal(params["q"][2], moved[2])
+    assert torch.equal(state2["q.m"][0], state["q.m"][0])
+    eager = ServerOptimizer("adam", lr=0.1)
+    p_eager, s_eager = eager.step({"q": torch.zeros(3, 2)}, {"q": torch.tensor([[1.0, 1.0], [0.0, 0.0], [0.5, -0.5]])}, eager.init(params))
+    p_eager, _ = eager.step(p_eager, {"q": torch.tensor([[0.0, 0.0], [1.0, 1.0], [0.0, 0.0]])}, s_eager)
+    assert not torch.equal(p_eager["q"][0], moved[0])  # without lazy_rows, momentum moves untouched rows

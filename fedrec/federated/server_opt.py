@@ -27,6 +27,7 @@ class ServerOptimizer:
     beta1: float = 0.9
     beta2: float = 0.99
     tau: float = 1e-3  # adaptivity: the epsilon of the adaptive methods
+    lazy_rows: bool = False  # adaptive methods: leave rows (and their state) alone when no client updated them
 
     def init(self, shared: dict[str, Tensor]) -> dict[str, Tensor]:
         """Optimiser state for these shared tensors (empty for plain FedAvg)."""
@@ -59,6 +60,12 @@ class ServerOptimizer:
                 v = v_old - (1 - self.beta2) * d2 * torch.sign(v_old - d2)
             else:  # adagrad
                 v = v_old + d2
+            step = self.lr * m / (v.sqrt() + self.tau)
+            if self.lazy_rows and delta.dim() > 1:
+                touched = (delta != 0).flatten(1).any(1).reshape(-1, *[1] * (delta.dim() - 1))
+                m = torch.where(touched, m, state[f"{name}.m"])
+                v = torch.where(touched, v, v_old)
+                step = torch.where(touched, step, torch.zeros_like(step))
             new_state[f"{name}.m"], new_state[f"{name}.v"] = m, v
-            new_params[name] = params[name] + self.lr * m / (v.sqrt() + self.tau)
+            new_params[name] = params[name] + step
         return new_params, new_state

@@ -38,7 +38,7 @@ def fedavg_settings(config: RunConfig) -> FedAvgSettings:
         local=LocalTraining(train.local_epochs, train.local_lr, train.batch_size, train.private_lr),
         client_fraction=train.client_fraction,
         server=ServerOptimizer(train.server_optimizer, train.server_lr, train.server_momentum,
-                               train.server_beta1, train.server_beta2, train.server_tau),
+                               train.server_beta1, train.server_beta2, train.server_tau, train.server_lazy_rows),
         row_weighting=train.row_weighting,
         backend=train.backend,
     )
