@@ -25,8 +25,9 @@ def test_federated_mf_learns_on_ml100k(tmp_path, ml100k_dir):
     assert history[-1]["rmse"] < history[0]["rmse"] - 0.03
     assert metrics["rmse"] < 0.99  # a global-mean predictor scores about 1.15 on u1
     assert metrics["clients"] == 943 and metrics["test_interactions"] == 20000
-    # every round uploads the touched rows of all 943 clients: 80,000 (item, client) rows of 129 floats + index
-    assert history[0]["bytes_up"] == 80000 * (128 * 4 + 4 + 4 + 4) + 943 * 4
+    # every round uploads the touched rows of all 943 clients: 80,000 (client, item) rows of
+    # 128 + 1 floats with one int32 index each, plus each client's global-bias delta
+    assert history[0]["bytes_up"] == 80000 * (128 * 4 + 4 + 4) + 943 * 4
 
 
 def test_centralised_baseline_on_the_same_split(tmp_path, ml100k_dir):

@@ -23,7 +23,7 @@ from fedrec.federated.local import CohortResult, LocalTraining
 from fedrec.federated.reference import train_cohort_reference
 from fedrec.federated.server_opt import ServerOptimizer
 from fedrec.federated.vectorized import train_cohort_vectorized
-from fedrec.models.base import ParamKind, RecModel, parameter_bytes
+from fedrec.models.base import ParamKind, RecModel, num_catalogue_items, parameter_bytes
 
 Backend = Literal["vectorized", "reference"]
 BACKENDS: dict[str, Callable[..., CohortResult]] = {
@@ -66,11 +66,11 @@ class RoundStats:
 
 
 def upload_bytes(model: RecModel, update: CohortUpdate) -> int:
-    """Bytes the cohort sends: each touched row with its index, and every dense tensor."""
-    total = 0
+    """Bytes the cohort sends: each touched item's rows with one index, and every dense tensor."""
     rows = int(update.row_items.shape[0])
+    total = rows * INDEX_BYTES
     for spec in model.specs_by_kind(ParamKind.SHARED_ROWS):
-        total += parameter_bytes(spec, rows=rows) + rows * INDEX_BYTES
+        total += parameter_bytes(spec, rows=rows)
     for spec in model.specs_by_kind(ParamKind.SHARED_DENSE):
         total += parameter_bytes(spec) * update.num_clients
     return total
@@ -98,8 +98,7 @@ def run_round(model: RecModel, state: ServerState, data: ClientData, settings: F
     cohort = sample_cohort(data.num_clients, settings.client_fraction, seed, round_index, eligible)
     train = BACKENDS[settings.backend]
     result = train(model, state.params, data, cohort, settings.local, seed, round_index)
-    num_rows = {spec.name: spec.shape[0] for spec in model.specs_by_kind(ParamKind.SHARED_ROWS)}
-    deltas = aggregate(result.update, max(num_rows.values(), default=0), settings.row_weighting)
+    deltas = aggregate(result.update, num_catalogue_items(model), settings.row_weighting)
     params, optimizer_state = settings.server.step(state.params, deltas, state.optimizer_state)
     params = write_private_rows(params, result)
     stats = RoundStats(
