@@ -55,6 +55,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--reference-repeats", type=int, default=3)
     args = parser.parse_args()
+    torch.use_deterministic_algorithms(True, warn_only=True)  # as fedrec.runtime.trainer.train does
 
     fed = load_config(ROOT / "configs/ml100k-mf-fedavg.toml", ["train.local_epochs=1"])
     central = load_config(ROOT / "configs/ml100k-mf-central.toml")

@@ -49,7 +49,7 @@ def main() -> None:
         "\n\nProtocol: leave-last-out by time (last interaction = test, second-to-last = validation), ranking "
         "over all items the user has not interacted with; ties broken uniformly at random and the metrics' "
         "expected value reported. Sampled ranking: 1 positive vs 99 sampled non-interacted items (fixed seed). "
-        "Federated: one client per user, all clients every round; user embeddings never leave the client. Seconds per round include the periodic evaluation. Hyperparameters were chosen on the validation interaction (ML-100K); the Last.fm configs reuse the ML-100K settings untuned.\n")
+        "Federated: one client per user, all clients every round; user embeddings never leave the client. Seconds per round include the periodic evaluation. Hyperparameters were chosen on the validation interaction, never on the test one.\n")
     print(body)
     write_section("ranking", "Top-K ranking: federated vs centralised (leave-last-out, full ranking)", body)
 

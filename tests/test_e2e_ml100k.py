@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from fedrec.config import load_config
 from fedrec.runtime.trainer import train
@@ -41,3 +42,16 @@ def test_federated_mf_reaches_target_on_fold1(tmp_path, ml100k_dir):
     """The named config end to end on u1 (the hardest fold): BENCHMARKS.md has all five folds."""
     metrics = _run(tmp_path, "ml100k-mf-fedavg.toml", ml100k_dir)
     assert metrics["rmse"] < 0.94
+
+
+def test_centralised_neumf_is_bit_reproducible(tmp_path, ml100k_dir):
+    """Same seed, same model: embedding backward with repeated indices must not depend on threads."""
+    from safetensors.torch import load_file
+
+    overrides = ["train.rounds=1", "eval.sampled_negatives=0", "train.eval_every=1"]
+    first = _run(tmp_path / "a", "ml100k-neumf-central.toml", ml100k_dir, *overrides)
+    second = _run(tmp_path / "b", "ml100k-neumf-central.toml", ml100k_dir, *overrides)
+    a = load_file(str(tmp_path / "a" / "ml100k-neumf-central" / "checkpoint.safetensors"))
+    b = load_file(str(tmp_path / "b" / "ml100k-neumf-central" / "checkpoint.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert first["ndcg@10"] == second["ndcg@10"]

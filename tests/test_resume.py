@@ -242,3 +242,4 @@ def test_resume_with_fewer_rounds_than_done_is_an_error_or_consistent(tmp_path):
         return
     saved = json.loads((out / "config.json").read_text())
     assert saved["train"]["rounds"] == metrics["rounds"] == len(history_rounds(out))
+

@@ -158,6 +158,9 @@ class _Run:
 def train(config: RunConfig, out_dir: Path, resume: bool = False, on_round: RoundCallback | None = None,
           on_start: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Run (or resume) the configured job; returns the final metrics also written to metrics.json."""
+    # Same seed, same model: some CPU kernels (embedding backward with repeated indices) otherwise
+    # accumulate in a thread-dependent order. Measured cost here: none (BENCHMARKS.md machine).
+    torch.use_deterministic_algorithms(True, warn_only=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = out_dir / CHECKPOINT_NAME
     if checkpoint.exists() and not resume:
