@@ -18,7 +18,7 @@ from torch import Tensor
 from fedrec.federated.cohort import ClientData
 from fedrec.federated.local import CohortResult, LocalTraining
 from fedrec.federated.vectorized import train_cohort_vectorized
-from fedrec.models.base import ParamKind, RecModel, num_catalogue_items
+from fedrec.models.base import ParamKind, RecModel, num_catalogue_items, score_items_in_chunks
 
 FINETUNE_ROUND = 1 << 40  # round counter used for fine-tuning draws (disjoint from training rounds)
 
@@ -88,13 +88,4 @@ def personal_rows(model: RecModel, params: dict[str, Tensor], personal: Personal
 def personal_scores(model: RecModel, params: dict[str, Tensor], personal: Personalization, users: Tensor,
                     max_elements: int = 1 << 22) -> Tensor:
     """Every item's score for each user under its fine-tuned copy: (B, num_items)."""
-    num_items = num_catalogue_items(model)
-    width = sum(int(np.prod(s.row_shape)) for s in model.specs_by_kind(ParamKind.SHARED_ROWS))
-    chunk = max(1, max_elements // (num_items * max(width, 1)))
-    all_items = torch.arange(num_items)
-    parts = []
-    for begin in range(0, len(users), chunk):
-        part = users[begin:begin + chunk]
-        scores = model.predict(personal_rows(model, params, personal, part, all_items.expand(len(part), -1)))
-        parts.append(scores.reshape(len(part), num_items))
-    return torch.cat(parts) if parts else torch.zeros(0, num_items)
+    return score_items_in_chunks(model, users, lambda u, i: personal_rows(model, params, personal, u, i), max_elements)

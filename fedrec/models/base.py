@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import abc
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -127,10 +128,19 @@ def score_all_items(model: RecModel, params: dict[str, Tensor], users: Tensor, m
     """Scores of every item for each user: (B, num_items).
 
     Uses the model's own ``score_all`` when it has one (a matrix product for MF-like models), else
-    its ``predict`` on gathered rows, in user chunks small enough to bound memory.
+    its ``predict`` on the global model's rows, in user chunks (see :func:`score_items_in_chunks`).
     """
     if hasattr(model, "score_all"):
         return model.score_all(params, users)
+    return score_items_in_chunks(model, users, lambda u, i: gather_rows(model, params, u, i), max_elements)
+
+
+def score_items_in_chunks(model: RecModel, users: Tensor, gather: Callable[[Tensor, Tensor], dict[str, Tensor]],
+                          max_elements: int = 1 << 22) -> Tensor:
+    """Every item's score for each user, ``predict`` on ``gather(users, items)`` rows: (B, num_items).
+
+    Users are scored in chunks small enough that the gathered item rows stay near ``max_elements``.
+    """
     num_items = num_catalogue_items(model)
     width = sum(math.prod(spec.row_shape) for spec in model.specs_by_kind(ParamKind.SHARED_ROWS))
     chunk = max(1, max_elements // (num_items * max(width, 1)))
@@ -138,5 +148,5 @@ def score_all_items(model: RecModel, params: dict[str, Tensor], users: Tensor, m
     parts = []
     for begin in range(0, len(users), chunk):
         part = users[begin:begin + chunk]
-        parts.append(model.predict(gather_rows(model, params, part, items.expand(len(part), -1)))[0])
+        parts.append(model.predict(gather(part, items.expand(len(part), -1))).reshape(len(part), num_items))
     return torch.cat(parts) if parts else torch.zeros(0, num_items)

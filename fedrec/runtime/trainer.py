@@ -62,6 +62,8 @@ class _Run:
     def __init__(self, config: RunConfig, exp: Experiment, out_dir: Path) -> None:
         self.config, self.exp, self.out_dir = config, exp, out_dir
         self.federated = config.train.mode == "federated"
+        self.settings = fedavg_settings(config)
+        self.eligible = exp.clients.sizes > 0  # clients with no training data are never sampled
         self.params = exp.model.init_params(torch.Generator().manual_seed(config.train.seed))
         self.server_state: dict[str, Tensor] = {}
         self.central_optimizer: torch.optim.Optimizer | None = None
@@ -130,9 +132,8 @@ class _Run:
         record: dict[str, Any] = {"round": self.round + 1}
         if self.federated:
             state = ServerState(self.round, self.params, self.server_state)
-            eligible = self.exp.clients.sizes > 0
-            state, stats = run_round(self.exp.model, state, self.exp.clients, fedavg_settings(self.config),
-                                     self.config.train.seed, eligible)
+            state, stats = run_round(self.exp.model, state, self.exp.clients, self.settings,
+                                     self.config.train.seed, self.eligible)
             self.params, self.server_state = state.params, state.optimizer_state
             self.bytes_up += stats.bytes_up
             self.bytes_down += stats.bytes_down
