@@ -101,6 +101,9 @@ def data_info(
     out.print(json.dumps(stats, indent=2) if as_json else format_stats(stats), highlight=False)
 
 
+# -- commands that live next to their features: each module registers its own (keep imports light) --
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2."""
     try:

@@ -1,0 +1,1 @@
+"""Privacy: differential privacy, secure aggregation, item hiding and audits."""
