@@ -38,3 +38,29 @@ def lastfm_dir(data_root: Path) -> Path:
     if not (path / "user_artists.dat").is_file():
         pytest.skip(f"{path}/user_artists.dat not found: Last.fm-2K is missing from FEDREC_DATA")
     return path
+
+
+# -- headless Chromium for browser tests (Debian's chromium, driven by Playwright; never downloaded) --
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="session")
+def chromium_browser():
+    """A Playwright (sync API) Browser on /usr/bin/chromium; skips when it is missing (fails in CI)."""
+    if not CHROMIUM.is_file():
+        message = f"{CHROMIUM} not found: install Debian's chromium (apt-get install --no-install-recommends chromium)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
