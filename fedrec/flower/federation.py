@@ -1,0 +1,239 @@
+"""The server side of a deployed run: the simulator's round, with the clients on remote nodes.
+
+Each round the server samples the cohort exactly as the simulator does (``sample_cohort`` with the
+same seed and eligibility), sends every live node the shared parameters and the cohort clients it
+holds, merges the uploads into cohort order, and applies the same ``aggregate`` and
+``ServerOptimizer.step``. Same seed, same cohort, same model as ``fedrec train``.
+
+Nodes are reached through a :class:`Transport` (the Flower Grid in :mod:`fedrec.flower.app`, an
+in-process one in tests). A node that does not answer a round within the timeout is dropped: the
+round (and the rest of the run) goes on with the other nodes' clients, and the history says so.
+When no node answers, the run stops with a one-line error.
+
+Outputs, in the run directory, as ``fedrec train`` writes them: ``config.json``, ``history.jsonl``,
+``checkpoint.safetensors`` (shared parameters and server optimiser state only: the private rows stay
+on the nodes) and ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+from torch import Tensor
+
+from fedrec.config import RunConfig, config_to_json
+from fedrec.errors import FedrecError
+from fedrec.federated.aggregation import aggregate
+from fedrec.federated.cohort import sample_cohort
+from fedrec.flower.codec import merge_in_cohort_order, record_to_update, serialized_bytes, tensors_to_record
+from fedrec.flower.node import CLIENTS, INFO, METRICS, RESULT, SHARED, TASK, UPDATE, combine_metrics
+from fedrec.models.base import RecModel, num_catalogue_items
+from fedrec.models.registry import IMPLICIT_MODELS, build_model, model_options
+from fedrec.runtime.checkpoint import CHECKPOINT_NAME, atomic_write_text, save_checkpoint
+
+RoundCallback = Callable[[dict[str, Any]], None]
+
+
+class Transport(Protocol):
+    """How the server reaches the nodes; replies come back keyed by node id, missing ones absent."""
+
+    def node_ids(self) -> list[int]:
+        """The nodes connected now."""
+
+    def exchange(self, requests: dict[int, RecordDict], message_type: str, round_index: int,
+                 timeout: float) -> dict[int, RecordDict]:
+        """Send each node its request; return the replies that arrived within ``timeout`` seconds."""
+
+
+@dataclass(frozen=True)
+class Population:
+    """What the server learns from the nodes' answers: who holds which client, and the model sizes."""
+
+    nodes: list[int]  # node ids (Flower's, unsigned 64-bit)
+    owner: np.ndarray  # (num_clients,) index into ``nodes`` of the node holding each client
+    sizes: np.ndarray  # (num_clients,) training examples per client
+    num_users: int
+    num_items: int
+    global_mean: float
+
+
+def wait_for_nodes(transport: Transport, expected: int, timeout: float, poll: float = 0.25) -> list[int]:
+    """The connected node ids once ``expected`` are there; a clear error after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = sorted(transport.node_ids())
+        if len(nodes) >= expected:
+            return nodes
+        if time.monotonic() > deadline:
+            raise FedrecError(f"only {len(nodes)} of {expected} SuperNodes connected within {timeout:.0f} s; "
+                              "check that they run and reach the SuperLink address")
+        time.sleep(poll)
+
+
+def discover(transport: Transport, nodes: list[int], timeout: float) -> Population:
+    """Ask every node for its partition and check that together they hold every client exactly once."""
+    replies = transport.exchange({node: RecordDict() for node in nodes}, "query", 0, timeout)
+    missing = [node for node in nodes if node not in replies]
+    if missing:
+        raise FedrecError(f"{len(missing)} SuperNode(s) did not describe their partition within {timeout:.0f} s; "
+                          "see the SuperNode logs (is the data path in --node-config right?)")
+    infos = {node: reply.config_records[INFO] for node, reply in replies.items()}
+    first = next(iter(infos.values()))
+    for key in ("num_clients", "num_users", "num_items", "num_partitions"):
+        values = {int(info[key]) for info in infos.values()}
+        if len(values) != 1:
+            raise FedrecError(f"the SuperNodes disagree on {key} ({sorted(values)}); give every node the same job and data")
+    num_clients, num_partitions = int(first["num_clients"]), int(first["num_partitions"])
+    partition_ids = sorted(int(info["partition_id"]) for info in infos.values())
+    if partition_ids != list(range(num_partitions)):
+        raise FedrecError(f"SuperNodes hold partitions {partition_ids} of {num_partitions}; start exactly one node per "
+                          f"partition-id 0..{num_partitions - 1}")
+    owner = np.full(num_clients, -1, dtype=np.int64)
+    sizes = np.zeros(num_clients, dtype=np.int64)
+    for index, node in enumerate(nodes):
+        arrays = replies[node].array_records[CLIENTS].to_torch_state_dict()
+        clients = arrays["clients"].numpy()
+        owner[clients] = index
+        sizes[clients] = arrays["sizes"].numpy()
+    if (owner < 0).any():
+        raise FedrecError(f"{int((owner < 0).sum())} clients are held by no SuperNode; check the node partitions")
+    total = sum(float(info["rating_sum"]) for info in infos.values())
+    count = sum(int(info["rating_count"]) for info in infos.values())
+    return Population(list(nodes), owner, sizes, int(first["num_users"]), int(first["num_items"]), total / max(count, 1))
+
+
+def server_model(config: RunConfig, population: Population) -> RecModel:
+    """The job's model, sized and initialised as the simulator's (global mean from the nodes' sums)."""
+    options = config.model.options()
+    if "global_mean" in model_options(config.model.name):
+        options["global_mean"] = float(np.float32(population.global_mean))
+    return build_model(config.model.name, options, population.num_users, population.num_items)
+
+
+def _save(out_dir: Path, shared: dict[str, Tensor], server_state: dict[str, Tensor], meta: dict[str, Any]) -> None:
+    tensors = {f"param/{k}": v for k, v in shared.items()}
+    tensors.update({f"server/{k}": v for k, v in server_state.items()})
+    save_checkpoint(out_dir / CHECKPOINT_NAME, tensors, meta)
+
+
+def _evaluate(transport: Transport, nodes: list[int], shared_record: ArrayRecord, round_index: int, timeout: float,
+              ranking: bool) -> dict[str, float]:
+    replies = transport.exchange({n: RecordDict({SHARED: shared_record}) for n in nodes}, "evaluate", round_index,
+                                 timeout)
+    parts = [json.loads(str(reply.config_records[METRICS]["json"])) for reply in replies.values()]
+    if not parts:
+        raise FedrecError(f"no SuperNode answered the evaluation after round {round_index} within {timeout:.0f} s; "
+                          "see the SuperNode logs")
+    return combine_metrics(parts, ranking)
+
+
+DEPLOYABLE_MODELS = ("mf", "bpr", "ncf")
+
+
+def check_deployable(config: RunConfig) -> None:
+    """Refuse, in one line, settings the deployment does not implement (rather than train something else)."""
+    if config.train.mode != "federated":
+        raise FedrecError("deployment runs federated jobs; set train.mode=federated (centralised runs use fedrec train)")
+    if config.eval.finetune_epochs:
+        raise FedrecError("eval.finetune_epochs is not supported in deployment yet; set it to 0 or use fedrec train")
+    if config.model.name not in DEPLOYABLE_MODELS:
+        raise FedrecError(f"model.name={config.model.name!r} is not supported in deployment yet; "
+                          f"use one of {', '.join(DEPLOYABLE_MODELS)} or fedrec train")
+    if getattr(config.model, "cold_start_items", 0):
+        raise FedrecError("model.cold_start_items is not supported in deployment yet; set it to 0 or use fedrec train")
+    privacy = getattr(config, "privacy", None)
+    if privacy is not None and getattr(privacy, "enabled", False):
+        raise FedrecError("differential privacy ([privacy]) is not supported in deployment yet; "
+                          "remove the [privacy] settings or use fedrec train")
+
+
+def run_federation(config: RunConfig, transport: Transport, out_dir: Path, expected_nodes: int,
+                   round_timeout: float = 300.0, connect_timeout: float = 120.0,
+                   on_round: RoundCallback | None = None) -> dict[str, Any]:
+    """Run the configured federated job over the nodes behind ``transport``; returns the final metrics."""
+    check_deployable(config)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "config.json", config_to_json(config) + "\n")
+    began = time.perf_counter()
+    nodes = wait_for_nodes(transport, expected_nodes, connect_timeout)
+    population = discover(transport, nodes, round_timeout)
+    model = server_model(config, population)
+    initial = model.init_params(torch.Generator().manual_seed(config.train.seed))
+    shared = {name: initial[name] for name in model.shared_names()}
+    del initial
+    from fedrec.runtime.trainer import fedavg_settings
+
+    settings = fedavg_settings(config)
+    ranking = config.model.name in IMPLICIT_MODELS
+    num_items = num_catalogue_items(model)
+    eligible = population.sizes > 0
+    server_state: dict[str, Tensor] = {}
+    live = list(nodes)
+    history: list[dict[str, Any]] = []
+    bytes_up = bytes_down = 0
+    for round_index in range(config.train.rounds):
+        cohort = sample_cohort(len(population.sizes), settings.client_fraction, config.train.seed, round_index, eligible)
+        shared_record = tensors_to_record(shared)
+        requests: dict[int, RecordDict] = {}
+        positions: dict[int, np.ndarray] = {}
+        for node in live:
+            positions[node] = np.flatnonzero(population.owner[cohort] == population.nodes.index(node))
+            part = torch.from_numpy(cohort[positions[node]].astype(np.int64))
+            task = ConfigRecord({"round": round_index})
+            requests[node] = RecordDict({SHARED: shared_record, TASK: task, CLIENTS: ArrayRecord({"cohort": part})})
+        replies = transport.exchange(requests, "train", round_index, round_timeout)
+        lost = [node for node in live if node not in replies or RESULT not in replies[node].config_records]
+        live = [node for node in live if node not in lost]
+        if not live:
+            raise FedrecError(f"no SuperNode answered round {round_index + 1} within {round_timeout:.0f} s; "
+                              "see the SuperNode logs")
+        parts = [(positions[node], record_to_update(replies[node].array_records[UPDATE]))
+                 for node in live if UPDATE in replies[node].array_records]
+        round_down = sum(serialized_bytes(requests[node]) for node in requests)
+        round_up = sum(serialized_bytes(replies[node]) for node in live)
+        results = [replies[node].config_records[RESULT] for node in live]
+        loss_sum = sum(float(r["loss_sum"]) for r in results)
+        steps = sum(int(r["steps"]) for r in results)
+        record: dict[str, Any] = {"round": round_index + 1}
+        if parts:
+            update = merge_in_cohort_order(parts, num_items)
+            deltas = aggregate(update, num_items, settings.row_weighting)
+            shared, server_state = settings.server.step(shared, deltas, server_state)
+            record.update(train_loss=loss_sum / max(steps, 1), clients=update.num_clients)
+        else:
+            record.update(train_loss=float("nan"), clients=0)
+        bytes_up += round_up
+        bytes_down += round_down
+        record.update(bytes_up=round_up, bytes_down=round_down, nodes=len(live))
+        if lost:
+            record["lost_nodes"] = len(lost)
+        last = round_index + 1 == config.train.rounds
+        if (round_index + 1) % config.train.eval_every == 0 or last:
+            record.update(_evaluate(transport, live, tensors_to_record(shared), round_index + 1, round_timeout, ranking))
+        record["seconds"] = round(time.perf_counter() - began, 4)
+        history.append(record)
+        atomic_write_text(out_dir / "history.jsonl", "".join(json.dumps(entry) + "\n" for entry in history))
+        if (round_index + 1) % config.train.checkpoint_every == 0 or last:
+            _save(out_dir, shared, server_state, {
+                "round": round_index + 1, "seconds": record["seconds"], "bytes_up": bytes_up, "bytes_down": bytes_down,
+                "config": config_to_json(config), "runtime": "flower"})
+        if on_round is not None:
+            on_round(record)
+    metrics = {k: v for k, v in history[-1].items()
+               if k not in ("round", "train_loss", "clients", "bytes_up", "bytes_down", "seconds", "nodes", "lost_nodes")}
+    metrics.update(
+        mode="federated", runtime="flower", rounds=config.train.rounds, seconds=round(time.perf_counter() - began, 3),
+        bytes_up=bytes_up, bytes_down=bytes_down, dataset=config.data.name, clients=len(population.sizes),
+        nodes=len(nodes), nodes_finished=len(live),
+    )
+    atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    return metrics

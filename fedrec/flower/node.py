@@ -1,0 +1,227 @@
+"""What a SuperNode does: hold a partition of clients, train its part of each cohort, evaluate its users.
+
+A node is given the job config and its partition (``partition-id`` of ``num-partitions``). It keeps
+only the interactions of its own clients' users; their private rows (user vectors) live in the
+node's state between rounds and never leave it. Training calls the simulator's backend on the
+node's part of the cohort with the same (seed, round, client) keyed randomness, so each client
+computes exactly what it computes in the simulator.
+
+The handlers take and return Flower ``RecordDict`` s and are used unchanged by the Flower
+ClientApp (:mod:`fedrec.flower.app`) and by the in-process transport of the tests.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+from torch import Tensor
+
+from fedrec.config import RunConfig
+from fedrec.data.dataset import Interactions, Split
+from fedrec.errors import FedrecError
+from fedrec.eval.protocol import Evaluator
+from fedrec.federated.cohort import ClientData
+from fedrec.federated.local import LocalTraining
+from fedrec.federated.server import BACKENDS, write_private_rows
+from fedrec.flower.codec import record_to_tensors, tensors_to_record, update_to_record
+from fedrec.models.base import ParamKind, RecModel
+from fedrec.models.registry import IMPLICIT_MODELS
+
+# record names used in messages and node state
+INFO, TASK, SHARED, UPDATE, RESULT, METRICS, CLIENTS, PRIVATE = (
+    "info", "task", "shared", "update", "result", "metrics", "clients", "private")
+RANKING_KEYS = ("hr", "ndcg", "recall", "mrr")  # per-user means that combine exactly across nodes
+
+
+def node_clients(num_clients: int, partition_id: int, num_partitions: int) -> np.ndarray:
+    """The clients of partition ``partition_id``: contiguous blocks of nearly equal size."""
+    if num_partitions < 1 or not 0 <= partition_id < num_partitions:
+        raise FedrecError(f"node config partition-id={partition_id} num-partitions={num_partitions} is invalid; "
+                          "use 0 <= partition-id < num-partitions")
+    if num_partitions > num_clients:
+        raise FedrecError(f"num-partitions={num_partitions} exceeds the job's {num_clients} clients; use fewer nodes")
+    return np.array_split(np.arange(num_clients), num_partitions)[partition_id]
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """Everything one node holds: its clients' data (indexed by global client id) and its users."""
+
+    config: RunConfig
+    model: RecModel
+    partition_id: int
+    num_partitions: int
+    clients: np.ndarray  # global ids of this node's clients
+    users: np.ndarray  # global ids of their users, sorted
+    data: ClientData  # all clients' offsets; only this node's clients have examples
+    split: Split  # train/test/validation of this node's users only
+    evaluator: Evaluator
+    num_clients: int
+    num_users: int
+    num_items: int
+    ranking: bool
+
+
+def load_node(config: RunConfig, partition_id: int, num_partitions: int) -> NodeView:
+    """Load the job's data and keep this partition's clients; the rest is dropped at once."""
+    from fedrec.runtime.experiment import prepare
+
+    torch.use_deterministic_algorithms(True, warn_only=True)  # as fedrec train: same seed, same floats
+    exp = prepare(config)
+    clients = node_clients(exp.partition.num_clients, partition_id, num_partitions)
+    is_own_user = np.isin(exp.partition.client_of_user, clients)
+
+    def own(part: Interactions) -> Interactions:
+        return part.subset(is_own_user[part.users])
+
+    validation = own(exp.split.validation) if exp.split.validation is not None else None
+    split = Split(own(exp.split.train), own(exp.split.test), validation, exp.split.name)
+    data = ClientData.from_interactions(split.train, exp.partition.client_of_user, exp.partition.num_clients,
+                                        num_items=exp.dataset.num_items)
+    ranking = config.model.name in IMPLICIT_MODELS
+    evaluator = Evaluator(exp.model, split, ranking, exp.dataset.rating_range, config.eval.ks,
+                          config.eval.sampled_negatives, config.eval.seed)
+    return NodeView(config, exp.model, partition_id, num_partitions, clients, np.flatnonzero(is_own_user), data,
+                    split, evaluator, exp.partition.num_clients, exp.dataset.num_users, exp.dataset.num_items, ranking)
+
+
+def describe(view: NodeView) -> RecordDict:
+    """The node's answer to the server's query: partition, population sizes, its clients' sizes."""
+    ratings = view.split.train.ratings.astype(np.float64)
+    info = ConfigRecord({
+        "partition_id": view.partition_id, "num_partitions": view.num_partitions, "num_clients": view.num_clients,
+        "num_users": view.num_users, "num_items": view.num_items,
+        "rating_sum": float(ratings.sum()), "rating_count": int(len(ratings)),
+    })
+    clients = ArrayRecord({"clients": torch.from_numpy(view.clients.astype(np.int64)),
+                           "sizes": torch.from_numpy(view.data.sizes[view.clients].astype(np.int64))})
+    return RecordDict({INFO: info, CLIENTS: clients})
+
+
+def private_rows(view: NodeView, state: RecordDict) -> dict[str, Tensor]:
+    """This node's users' private rows: from the node state, else the run's initial values."""
+    if PRIVATE in state.array_records:
+        return record_to_tensors(state.array_records[PRIVATE])
+    initial = view.model.init_params(torch.Generator().manual_seed(view.config.train.seed))
+    users = torch.from_numpy(view.users)
+    return {spec.name: initial[spec.name][users].clone() for spec in view.model.specs_by_kind(ParamKind.PRIVATE_ROWS)}
+
+
+def full_params(view: NodeView, shared: dict[str, Tensor], private: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Model parameters with full shapes: the server's shared tensors and this node's private rows
+    (other users' rows are zero and never read)."""
+    params = dict(shared)
+    users = torch.from_numpy(view.users)
+    for spec in view.model.specs_by_kind(ParamKind.PRIVATE_ROWS):
+        table = torch.zeros(spec.shape, dtype=private[spec.name].dtype)
+        params[spec.name] = table.index_copy(0, users, private[spec.name])
+    return params
+
+
+def local_training(config: RunConfig) -> LocalTraining:
+    train = config.train
+    return LocalTraining(train.local_epochs, train.local_lr, train.batch_size, train.private_lr)
+
+
+def handle_train(view: NodeView, state: RecordDict, content: RecordDict) -> RecordDict:
+    """Train this node's part of the cohort; reply with its CohortUpdate, keep its private rows."""
+    task = content.config_records[TASK]
+    round_index = int(task["round"])
+    cohort = np.asarray(record_to_tensors(content.array_records[CLIENTS])["cohort"].numpy(), dtype=np.int64)
+    foreign = np.setdiff1d(cohort, view.clients)
+    if len(foreign):
+        raise FedrecError(f"node {view.partition_id} was asked to train clients it does not hold: {foreign[:5].tolist()}")
+    private = private_rows(view, state)
+    if len(cohort) == 0:
+        return RecordDict({RESULT: ConfigRecord({"round": round_index, "loss_sum": 0.0, "steps": 0, "clients": 0})})
+    shared = record_to_tensors(content.array_records[SHARED])
+    params = full_params(view, shared, private)
+    train = BACKENDS[view.config.train.backend]
+    result = train(view.model, params, view.data, np.sort(cohort), local_training(view.config), view.config.train.seed,
+                   round_index)
+    trained = write_private_rows(params, result)
+    users = torch.from_numpy(view.users)
+    state.array_records[PRIVATE] = tensors_to_record({name: trained[name][users] for name in private})
+    reply = ConfigRecord({"round": round_index, "loss_sum": float(result.loss_sum), "steps": int(result.steps),
+                          "clients": len(cohort)})
+    return RecordDict({UPDATE: update_to_record(result.update), RESULT: reply})
+
+
+def handle_evaluate(view: NodeView, state: RecordDict, content: RecordDict) -> RecordDict:
+    """Metrics of the received shared model with this node's private rows, on this node's users."""
+    shared = record_to_tensors(content.array_records[SHARED])
+    params = full_params(view, shared, private_rows(view, state))
+    metrics = node_metrics(view, params)
+    return RecordDict({METRICS: ConfigRecord({"json": json.dumps(metrics)})})
+
+
+def node_metrics(view: NodeView, params: dict[str, Tensor]) -> dict[str, float]:
+    """Metrics on this node's users plus the counts :func:`combine_metrics` weights them by."""
+    if not view.ranking:
+        out = dict(view.evaluator(params))
+        out["count"] = len(view.split.test)
+        out["val_count"] = len(view.split.validation) if view.split.validation is not None else 0
+        return out
+    metrics = view.evaluator(params, validation=False)
+    out = {k: v for k, v in metrics.items() if k.split("@")[0] in RANKING_KEYS}
+    out["evaluated_users"] = int(metrics.get("evaluated_users", 0))
+    return out
+
+
+def combine_metrics(parts: list[dict[str, float]], ranking: bool) -> dict[str, float]:
+    """The whole population's metrics from per-node metrics and counts (exact for these metrics).
+
+    RMSE: sqrt of the count-weighted mean of squared node RMSEs; MAE: count-weighted mean; ranking
+    metrics (per-user means): weighted by each node's evaluated users.
+    """
+    out: dict[str, float] = {}
+    if ranking:
+        total = sum(int(p.get("evaluated_users", 0)) for p in parts)
+        keys = sorted({k for p in parts for k in p if k != "evaluated_users"})
+        for key in keys:
+            weighted = [(p[key], p["evaluated_users"]) for p in parts if key in p and p["evaluated_users"]]
+            out[key] = sum(v * w for v, w in weighted) / total if total else math.nan
+        out["evaluated_users"] = total
+        return out
+    for prefix, count_key in (("val_", "val_count"), ("", "count")):
+        weighted = [(p, int(p.get(count_key, 0))) for p in parts if p.get(count_key, 0)]
+        total = sum(w for _, w in weighted)
+        if not total or f"{prefix}rmse" not in weighted[0][0]:
+            continue
+        out[f"{prefix}rmse"] = math.sqrt(sum(p[f"{prefix}rmse"] ** 2 * w for p, w in weighted) / total)
+        out[f"{prefix}mae"] = sum(p[f"{prefix}mae"] * w for p, w in weighted) / total
+    return out
+
+
+class InProcessNodes:
+    """A :class:`~fedrec.flower.federation.Transport` running the node handlers in this process.
+
+    Same handlers and records as the ClientApp, no Flower runtime: for tests and for checking a
+    partition quickly. Node ids are large unsigned 64-bit numbers, as Flower's are. ``fail`` maps a
+    view's position to the round from which that node stops answering (it still answers the query).
+    """
+
+    def __init__(self, views: list[NodeView], fail: dict[int, int] | None = None) -> None:
+        ids = [(1 << 63) + 12345 * index for index in range(len(views))]
+        self.views = dict(zip(ids, views))
+        self.states = {node: RecordDict() for node in self.views}
+        self.fail = {ids[index]: first_round for index, first_round in (fail or {}).items()}
+
+    def node_ids(self) -> list[int]:
+        return list(self.views)
+
+    def exchange(self, requests: dict[int, RecordDict], message_type: str, round_index: int,
+                 timeout: float) -> dict[int, RecordDict]:
+        handlers = {"query": lambda view, state, content: describe(view), "train": handle_train,
+                    "evaluate": handle_evaluate}
+        replies = {}
+        for node, content in requests.items():
+            if message_type != "query" and node in self.fail and round_index >= self.fail[node]:
+                continue
+            replies[node] = handlers[message_type](self.views[node], self.states[node], content)
+        return replies

@@ -1,0 +1,350 @@
+"""Flower deployment: same model as the simulator for the same seed and cohort; node failures are bounded.
+
+Fast tests run the node and server code in one process (the handlers the Flower apps call, on the
+same records). Tests marked slow start a real SuperLink and SuperNodes on loopback.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fedrec.config import load_config
+from fedrec.data.synthetic import make_synthetic
+from fedrec.errors import FedrecError
+from fedrec.federated.cohort import ClientData, sample_cohort
+from fedrec.federated.local import LocalTraining
+from fedrec.federated.vectorized import train_cohort_vectorized
+from fedrec.flower.codec import merge_in_cohort_order, record_to_update, serialized_bytes, update_to_record
+from fedrec.flower.federation import run_federation
+from fedrec.flower.node import InProcessNodes, combine_metrics, load_node, node_clients
+from fedrec.models.base import ParamKind
+from fedrec.models.mf import BiasedMF, MFConfig
+from fedrec.runtime.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from fedrec.runtime.trainer import train
+
+SYNTHETIC = ["data.name='synthetic'", "data.num_users=80", "data.num_items=50", "data.mean_interactions=10",
+             "model.dim=6", "train.rounds=3", "train.client_fraction=0.5", "train.batch_size=4",
+             "train.server_optimizer='adam'", "train.server_lr=0.05", "train.eval_every=3"]
+
+
+def _shared_tensors(path: Path) -> dict[str, torch.Tensor]:
+    tensors, _ = load_checkpoint(path / CHECKPOINT_NAME)
+    return {k: v for k, v in tensors.items() if k.startswith(("param/", "server/"))}
+
+
+def _assert_same_shared(simulated: Path, deployed: Path, atol: float = 1e-5) -> None:
+    deployed_tensors = _shared_tensors(deployed)
+    simulated_tensors = _shared_tensors(simulated)
+    assert deployed_tensors, "the deployment wrote no parameters"
+    for name, value in deployed_tensors.items():
+        torch.testing.assert_close(value, simulated_tensors[name], atol=atol, rtol=0, msg=name)
+    private = [k for k in simulated_tensors if k.startswith("param/user")]
+    assert private and not any(k in deployed_tensors for k in private), "private rows must stay on the nodes"
+
+
+# -- pure pieces -------------------------------------------------------------------------------
+
+
+def test_node_clients_are_disjoint_blocks_covering_everyone():
+    blocks = [node_clients(10, k, 3) for k in range(3)]
+    assert [b.tolist() for b in blocks] == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]
+    with pytest.raises(FedrecError, match="partition-id"):
+        node_clients(10, 3, 3)
+    with pytest.raises(FedrecError, match="fewer nodes"):
+        node_clients(2, 0, 3)
+
+
+def test_combine_metrics_matches_the_pooled_computation():
+    errors_a, errors_b = np.array([1.0, -2.0, 0.5]), np.array([3.0])
+    part = lambda e: {"rmse": float(np.sqrt(np.mean(e**2))), "mae": float(np.mean(np.abs(e))), "count": len(e),
+                      "val_count": 0}
+    pooled = np.concatenate([errors_a, errors_b])
+    combined = combine_metrics([part(errors_a), part(errors_b)], ranking=False)
+    assert combined["rmse"] == pytest.approx(math.sqrt(np.mean(pooled**2)))
+    assert combined["mae"] == pytest.approx(np.mean(np.abs(pooled)))
+    assert "val_rmse" not in combined
+    ranking = combine_metrics([{"hr@10": 1.0, "evaluated_users": 1}, {"hr@10": 0.25, "evaluated_users": 4}], True)
+    assert ranking == {"hr@10": pytest.approx(2.0 / 5), "evaluated_users": 5}
+
+
+def _cohort_setup():
+    dataset = make_synthetic(num_users=40, num_items=30, mean_interactions=9, seed=2)
+    data = ClientData.from_interactions(dataset.interactions, np.arange(40), 40)
+    model = BiasedMF(MFConfig(dim=4, l2=0.05, global_mean=3.0), 40, 30)
+    params = model.init_params(torch.Generator().manual_seed(1))
+    return model, data, params
+
+
+def test_update_survives_serialisation_and_bytes_are_measured():
+    model, data, params = _cohort_setup()
+    update = train_cohort_vectorized(model, params, data, np.arange(0, 40, 3), LocalTraining(batch_size=3), 7, 0).update
+    record = update_to_record(update)
+    back = record_to_update(record)
+    for field in ("row_items", "row_clients", "row_counts", "client_sizes"):
+        assert torch.equal(getattr(back, field).to(getattr(update, field).dtype), getattr(update, field))
+    for name in update.row_deltas:
+        assert torch.equal(back.row_deltas[name], update.row_deltas[name])
+    payload = sum(t.numel() * t.element_size() for t in [*update.row_deltas.values(), *update.dense_deltas.values()])
+    payload += update.row_items.numel() * 4 * 2 + update.row_counts.numel() * 4 + update.client_sizes.numel() * 4
+    measured = serialized_bytes(record)
+    assert payload <= measured <= payload + 4096  # the arrays plus small headers, each object once
+
+
+@settings(max_examples=6, deadline=None)
+@given(st.lists(st.integers(0, 2), min_size=40, max_size=40), st.integers(0, 3))
+def test_node_uploads_merge_into_the_simulators_cohort_update(owner_of_client, round_index):
+    """Training any split of a cohort on separate nodes and merging gives the whole-cohort update:
+    the vectorised backend's result for a client does not depend on who shares its batch."""
+    model, data, params = _cohort_setup()
+    local = LocalTraining(epochs=2, lr=0.05, batch_size=3)
+    cohort = sample_cohort(40, 0.6, 5, round_index)
+    whole = train_cohort_vectorized(model, params, data, cohort, local, 5, round_index)
+    owner = np.asarray(owner_of_client)[cohort]
+    parts = []
+    for node in np.unique(owner):
+        positions = np.flatnonzero(owner == node)
+        parts.append((positions, train_cohort_vectorized(model, params, data, cohort[positions], local, 5,
+                                                         round_index).update))
+    merged = merge_in_cohort_order(parts, 30)
+    expected = whole.update
+    assert torch.equal(merged.row_items, expected.row_items)
+    assert torch.equal(merged.row_clients, expected.row_clients)
+    assert torch.equal(merged.client_sizes, expected.client_sizes)
+    for name in expected.row_deltas:
+        torch.testing.assert_close(merged.row_deltas[name], expected.row_deltas[name], atol=1e-6, rtol=0)
+    for name in expected.dense_deltas:
+        torch.testing.assert_close(merged.dense_deltas[name], expected.dense_deltas[name], atol=1e-6, rtol=0)
+
+
+def test_merge_refuses_overlapping_positions():
+    model, data, params = _cohort_setup()
+    update = train_cohort_vectorized(model, params, data, np.array([1, 2]), LocalTraining(), 0, 0).update
+    with pytest.raises(ValueError, match="same cohort position"):
+        merge_in_cohort_order([(np.array([0, 1]), update), (np.array([1, 2]), update)], 30)
+
+
+# -- server and nodes in one process -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("extra", [
+    [],  # cross-device: one client per user, half of them per round
+    ["data.clients='silos'", "data.num_silos=7", "train.client_fraction=1.0"],  # cross-silo
+    ["model.name='bpr'", "eval.sampled_negatives=0"],  # implicit feedback: negatives, ranking metrics
+], ids=["per-user-mf", "silos-mf", "per-user-bpr"])
+def test_in_process_deployment_equals_the_simulator(tmp_path, extra):
+    config = load_config(None, SYNTHETIC + extra)
+    train(config, tmp_path / "sim")
+    nodes = InProcessNodes([load_node(config, k, 3) for k in range(3)])
+    metrics = run_federation(config, nodes, tmp_path / "dep", expected_nodes=3)
+    _assert_same_shared(tmp_path / "sim", tmp_path / "dep", atol=1e-6)
+    simulated = __import__("json").loads((tmp_path / "sim" / "metrics.json").read_text())
+    key = "rmse" if config.model.name == "mf" else "hr@10"
+    assert metrics[key] == pytest.approx(simulated[key], abs=1e-6)
+    assert metrics["nodes_finished"] == 3 and metrics["bytes_up"] > 0 and metrics["bytes_down"] > 0
+    for name in ("config.json", "history.jsonl", "metrics.json", CHECKPOINT_NAME):
+        assert (tmp_path / "dep" / name).is_file()
+
+
+def test_in_process_private_rows_stay_on_their_node(tmp_path):
+    config = load_config(None, SYNTHETIC)
+    views = [load_node(config, k, 2) for k in range(2)]
+    nodes = InProcessNodes(views)
+    run_federation(config, nodes, tmp_path / "dep", expected_nodes=2)
+    for node, view in nodes.views.items():
+        rows = nodes.states[node].array_records["private"].to_torch_state_dict()
+        specs = view.model.specs_by_kind(ParamKind.PRIVATE_ROWS)
+        assert sorted(rows) == sorted(s.name for s in specs)
+        assert all(len(rows[s.name]) == len(view.users) for s in specs)
+    assert set(views[0].users).isdisjoint(views[1].users)
+
+
+def test_a_node_that_stops_answering_is_dropped_and_the_run_finishes(tmp_path):
+    config = load_config(None, SYNTHETIC)
+    nodes = InProcessNodes([load_node(config, k, 2) for k in range(2)], fail={1: 1})
+    metrics = run_federation(config, nodes, tmp_path / "dep", expected_nodes=2)
+    history = [__import__("json").loads(line) for line in (tmp_path / "dep" / "history.jsonl").read_text().splitlines()]
+    assert [h["nodes"] for h in history] == [2, 1, 1]
+    assert history[1]["lost_nodes"] == 1 and history[1]["clients"] < history[0]["clients"] + 10
+    cohort = sample_cohort(80, 0.5, 0, 1)
+    assert history[1]["clients"] == int(np.sum(cohort < 40))  # only node 1's clients (0..39) trained
+    assert metrics["nodes_finished"] == 1 and math.isfinite(metrics["rmse"])
+
+
+def test_no_node_answering_is_a_clear_error(tmp_path):
+    config = load_config(None, SYNTHETIC)
+    nodes = InProcessNodes([load_node(config, 0, 1)], fail={0: 0})
+    with pytest.raises(FedrecError, match="no SuperNode answered round 1"):
+        run_federation(config, nodes, tmp_path / "dep", expected_nodes=1, round_timeout=1)
+
+
+def test_missing_nodes_and_bad_partitions_fail_clearly(tmp_path):
+    config = load_config(None, SYNTHETIC)
+    lonely = InProcessNodes([load_node(config, 0, 2)])
+    began = time.monotonic()
+    with pytest.raises(FedrecError, match="only 1 of 2 SuperNodes connected"):
+        run_federation(config, lonely, tmp_path / "a", expected_nodes=2, connect_timeout=0.5)
+    assert time.monotonic() - began < 10
+    with pytest.raises(FedrecError, match="partitions"):
+        run_federation(config, InProcessNodes([load_node(config, 0, 2), load_node(config, 0, 2)]), tmp_path / "b",
+                       expected_nodes=2)
+    for setting, message in [("train.mode='centralized'", "train.mode=federated"),
+                             ("eval.finetune_epochs=1", "finetune_epochs")]:
+        with pytest.raises(FedrecError, match=message):
+            run_federation(load_config(None, SYNTHETIC + [setting]), InProcessNodes([]), tmp_path / "c",
+                           expected_nodes=1)
+
+
+def test_flower_run_config_without_a_job_is_refused():
+    from fedrec.flower.app import job_config
+
+    with pytest.raises(FedrecError, match="no job"):
+        job_config({"job": ""})
+    with pytest.raises(FedrecError, match="not a valid fedrec config"):
+        job_config({"job": '{"train": {"rounds": -1}}'})
+
+
+def test_cli_deploy_app_only_writes_a_runnable_app_and_refuses_bad_input(tmp_path):
+    import tomllib
+
+    from typer.testing import CliRunner
+
+    from fedrec.cli import app
+    from fedrec.flower.app import job_config
+
+    sets = [arg for a in SYNTHETIC for arg in ("--set", a)]
+    result = CliRunner().invoke(app, ["deploy", "configs/default.toml", "--nodes", "3", "--app-only",
+                                      "--out", str(tmp_path / "remote"), *sets])
+    assert result.exit_code == 0, result.output
+    run_config = tomllib.loads((tmp_path / "remote/flower/run_config.toml").read_text())
+    assert run_config["nodes"] == 3 and Path(run_config["out-dir"]).is_absolute()
+    assert job_config(run_config) == load_config(Path("configs/default.toml"), SYNTHETIC)
+    app_toml = tomllib.loads((tmp_path / "remote/flower/app/pyproject.toml").read_text())
+    assert app_toml["tool"]["flwr"]["app"]["components"]["serverapp"] == "fedrec.flower.app:server_app"
+    assert set(run_config) <= set(app_toml["tool"]["flwr"]["app"]["config"])  # flwr only overrides declared keys
+    result = CliRunner().invoke(app, ["deploy", "configs/default.toml", "--nodes", "0", "--out", str(tmp_path / "x")])
+    assert isinstance(result.exception, FedrecError) and "--nodes" in str(result.exception)
+    assert not (tmp_path / "x").exists()
+
+
+# -- real SuperLink and SuperNodes on loopback --------------------------------------------------------
+
+
+def _ml100k_config(ml100k_dir: Path, rounds: int):
+    return load_config(Path("configs/ml100k-mf-fedavg.toml"), [
+        f"data.data_dir={str(ml100k_dir.parent)!r}", f"train.rounds={rounds}", "model.dim=8",
+        "train.client_fraction=0.1", f"train.eval_every={rounds}"])
+
+
+def _left_alive(pids: list[int]) -> list[int]:
+    alive = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                alive.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+@pytest.mark.slow
+def test_loopback_deployment_equals_the_simulator(tmp_path, ml100k_dir):
+    from fedrec.flower.deploy import deploy
+
+    config = _ml100k_config(ml100k_dir, rounds=2)
+    train(config, tmp_path / "sim")
+    clusters = []
+    metrics = deploy(config, 2, tmp_path / "dep", round_timeout=300, on_cluster=clusters.append)
+    _assert_same_shared(tmp_path / "sim", tmp_path / "dep")
+    simulated = __import__("json").loads((tmp_path / "sim" / "metrics.json").read_text())
+    assert metrics["rmse"] == pytest.approx(simulated["rmse"], abs=1e-5)
+    assert metrics["nodes_finished"] == 2
+    pids = clusters[0].pids()
+    assert len(pids) >= 3
+    assert _left_alive(pids) == []
+
+
+@pytest.mark.slow
+def test_loopback_killed_supernode_finishes_with_the_others_and_leaves_no_process(tmp_path, ml100k_dir):
+    from fedrec.flower.deploy import deploy
+
+    config = _ml100k_config(ml100k_dir, rounds=3)
+    clusters, killed = [], []
+
+    def kill_node_after_first_round(record):
+        if record["round"] == 1 and not killed:
+            victim = clusters[0].processes["supernode-1"]
+            victim.kill()
+            killed.append(victim.pid)
+
+    began = time.monotonic()
+    metrics = deploy(config, 2, tmp_path / "dep", round_timeout=300, on_round=kill_node_after_first_round,
+                     on_cluster=clusters.append)
+    assert killed, "the run finished before a node could be killed"
+    assert time.monotonic() - began < 1500
+    history = [__import__("json").loads(line) for line in (tmp_path / "dep" / "history.jsonl").read_text().splitlines()]
+    assert history[-1]["nodes"] == 1 and metrics["nodes_finished"] == 1
+    assert any(h.get("lost_nodes") for h in history)
+    assert math.isfinite(metrics["rmse"])
+    assert _left_alive(clusters[0].pids()) == []
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_every_process_the_deployment_started(tmp_path, ml100k_dir):
+    import signal
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "fedrec.cli", "deploy", "configs/ml100k-mf-fedavg.toml", "--nodes", "2",
+               "--out", str(tmp_path / "dep"), "--data-dir", str(ml100k_dir.parent), "--set", "model.dim=8",
+               "--set", "train.client_fraction=0.1"]
+    deploy = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen: dict[int, psutil.Process] = {}
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline:  # until both SuperNodes run
+            for child in psutil.Process(deploy.pid).children(recursive=True):
+                seen.setdefault(child.pid, child)
+            if sum("flower-supernode" in " ".join(_cmdline(p)) for p in seen.values()) == 2:
+                break
+            assert deploy.poll() is None, deploy.communicate()
+            time.sleep(0.5)
+        time.sleep(5)
+        for child in psutil.Process(deploy.pid).children(recursive=True):
+            seen.setdefault(child.pid, child)
+        deploy.send_signal(signal.SIGINT)
+        _, err = deploy.communicate(timeout=120)
+    finally:
+        if deploy.poll() is None:
+            deploy.kill()
+    assert deploy.returncode == 130 and "interrupted" in err
+    assert len(seen) >= 3
+    assert _left_alive(list(seen)) == []
+
+
+def _cmdline(process: psutil.Process) -> list[str]:
+    try:
+        return process.cmdline()
+    except psutil.Error:
+        return []
+
+
+def test_settings_the_deployment_does_not_implement_are_refused():
+    from fedrec.config import RunConfig
+    from fedrec.flower.federation import check_deployable
+
+    check_deployable(load_config(None, SYNTHETIC))
+    if "privacy" in RunConfig.model_fields:
+        with pytest.raises(FedrecError, match="privacy"):
+            check_deployable(load_config(None, SYNTHETIC + ["privacy.noise_multiplier=1.0", "privacy.delta=1e-5"]))
+    if "tower_bpr" in str(RunConfig.model_fields["model"].annotation.model_fields["name"].annotation):
+        with pytest.raises(FedrecError, match="not supported in deployment"):
+            check_deployable(load_config(None, SYNTHETIC + ["model.name='tower_bpr'"]))
