@@ -102,6 +102,7 @@ def data_info(
 
 
 # -- commands that live next to their features: each module registers its own (keep imports light) --
+from fedrec.report.cli import register as register_report; register_report(app)  # noqa: E402,E702
 from fedrec.serving.commands import register as register_serving; register_serving(app)  # noqa: E402,E702
 from fedrec.flower.commands import register as register_flower; register_flower(app)  # noqa: E402,E702
 
