@@ -41,6 +41,12 @@ def train(
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
 ) -> None:
     """Train a recommender (federated or centralised) and write its outputs to --out."""
+    from fedrec.generic import is_classification_config
+
+    if is_classification_config(config):  # [task] kind = "classification": the generic runner (fedrec/generic/)
+        from fedrec.generic.runner import train_classifier_cli
+
+        return train_classifier_cli(config, list(set_ or []), out_dir, resume, quiet, data_dir, download)
     from fedrec.config import load_config
 
     overrides = list(set_ or [])
@@ -105,6 +111,7 @@ def data_info(
 from fedrec.report.cli import register as register_report; register_report(app)  # noqa: E402,E702
 from fedrec.serving.commands import register as register_serving; register_serving(app)  # noqa: E402,E702
 from fedrec.flower.commands import register as register_flower; register_flower(app)  # noqa: E402,E702
+from fedrec.tuning import register as register_tuning; register_tuning(app)  # noqa: E402,E702
 
 
 def main() -> None:
