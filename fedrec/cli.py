@@ -39,6 +39,7 @@ def train(
     data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="Folder with the dataset (or its parent); same as --set data.data_dir=DIR.")] = None,
     download: Annotated[bool, typer.Option("--download", help="Fetch the official archive (checksum-verified) into the cache if missing.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+    tensorboard: Annotated[Optional[Path], typer.Option("--tensorboard", help="Also log per-round scalars to this TensorBoard folder (needs: pip install tensorboard).")] = None,
 ) -> None:
     """Train a recommender (federated or centralised) and write its outputs to --out."""
     from fedrec.generic import is_classification_config
@@ -57,6 +58,12 @@ def train(
     run_config = load_config(config, overrides)  # validate before the slow imports
     from fedrec.runtime.trainer import train as run_training
 
+    tensorboard_logger = None
+    if tensorboard is not None:
+        from fedrec.report.tensorboard import TensorBoardLogger
+
+        tensorboard_logger = TensorBoardLogger(tensorboard)  # before the bar: a missing package is one line
+
     mode = run_config.train.mode
     label = "round" if mode == "federated" else "epoch"
     # The bar starts once data and checkpoint are loaded, so an input error prints one line only.
@@ -71,6 +78,8 @@ def train(
 
     def on_round(record: dict[str, Any]) -> None:
         progress.update(task, completed=record["round"], metric=_live_metric(record))
+        if tensorboard_logger is not None:
+            tensorboard_logger(record)
 
     try:
         metrics = run_training(run_config, out_dir, resume=resume, on_round=on_round, on_start=on_start)
@@ -82,6 +91,8 @@ def train(
     finally:
         if progress.live.is_started:
             progress.stop()
+        if tensorboard_logger is not None:
+            tensorboard_logger.close()
     shown = ("rmse", "mae", "hr@10", "ndcg@10", "sampled_hr@10", "popularity_hr@10", "finetuned_rmse", "finetuned_hr@10",
              "rounds", "seconds", "bytes_up", "bytes_down")
     keys = [k for k in shown if k in metrics]

@@ -56,3 +56,20 @@ def test_training_writes_round_scalars(tmp_path):
         key = next(k for k in records[0] if scalar_tag(k) == tag)
         assert written == [(r["round"], pytest.approx(float(r[key]), rel=1e-6)) for r in records], tag
     assert [event.step for event in events.Scalars("test/rmse")] == [1, 2]
+
+
+def test_cli_train_tensorboard_flag_logs_every_round(tmp_path):
+    pytest.importorskip("tensorboard", reason="tensorboard is not installed (optional): pip install tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from typer.testing import CliRunner
+
+    from fedrec.cli import app
+
+    args = ["train", str(DEFAULT_TOML), "--out", str(tmp_path / "run"), "--tensorboard", str(tmp_path / "tb"), "--quiet"]
+    for override in TINY:
+        args += ["--set", override]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert [event.step for event in events.Scalars("train/loss")] == [1, 2]
