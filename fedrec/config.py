@@ -52,10 +52,15 @@ class DataConfig(Section):
     synthetic_seed: int = 0
 
 
+#: ModelConfig keys read by the text pipeline and the cold-start protocol, not by the model's own config
+TEXT_PIPELINE_KEYS = frozenset({"text_encoder", "text_dim", "text_max_length", "text_batch_size", "text_cache",
+                                "text_columns", "cold_start_items"})
+
+
 class ModelConfig(Section):
     """Model name and its hyperparameters; unset ones take the model's defaults (fedrec/models/)."""
 
-    name: Literal["mf", "bpr", "ncf"] = "mf"
+    name: Literal["mf", "bpr", "ncf", "text_bpr", "text_mf", "tower_bpr", "tower_mf"] = "mf"
     dim: int | None = Field(default=None, ge=1, le=4096)
     l2: float | None = Field(default=None, ge=0.0)
     init_std: float | None = Field(default=None, gt=0.0)
@@ -63,10 +68,21 @@ class ModelConfig(Section):
     variant: Literal["gmf", "mlp", "neumf"] | None = None  # ncf
     layers: list[int] | None = None  # ncf: MLP layer sizes
     private_head: bool | None = None  # ncf: PFedRec-style private output layer
+    # text models (text_bpr, text_mf: ID + text; tower_bpr, tower_mf: text only), fedrec/models/text.py
+    text_adapter: Literal["linear", "mlp"] | None = None  # the shared adapter from text embedding to item vector
+    adapter_hidden: int | None = Field(default=None, ge=1, le=4096)  # mlp adapter: hidden units
+    text_encoder: str = "all-MiniLM-L6-v2"  # sentence encoder: the packaged default, a HF model name or a local folder
+    text_dim: int = Field(default=64, ge=0)  # PCA of the text embeddings to this many dims (0: keep all)
+    text_max_length: int | None = Field(default=None, ge=2, le=8192)  # tokens per text (default: the encoder's limit)
+    text_batch_size: int = Field(default=64, ge=1)  # texts per encoder batch
+    text_cache: bool = True  # cache embeddings on disk ($FEDREC_CACHE or ~/.cache/fedrec, embeddings/)
+    text_columns: list[str] | None = None  # data.name=table: the item text comes from these columns
+    # cold-start protocol: this fraction of items is held out of training entirely and ranked at test
+    cold_start_items: float = Field(default=0.0, ge=0.0, lt=1.0)
 
     def options(self) -> dict[str, Any]:
         """The settings given explicitly, as the model's config dataclass takes them."""
-        options = {k: v for k, v in self.model_dump(exclude={"name"}).items() if v is not None}
+        options = {k: v for k, v in self.model_dump(exclude={"name", *TEXT_PIPELINE_KEYS}).items() if v is not None}
         if "layers" in options:
             options["layers"] = tuple(options["layers"])
         return options
@@ -110,16 +126,63 @@ class TrainConfig(Section):
     checkpoint_every: int = Field(default=1, ge=1)
 
 
+class PrivacyConfig(Section):
+    """Differential privacy of the clients' uploads (fedrec/privacy/). Off unless epsilon or noise_multiplier is set.
+
+    ``central``: DP-FedAvg with client-level (epsilon, delta) over the whole run; give ``epsilon`` (noise
+    calibrated to train.rounds and the sampling rate train.client_fraction) or ``noise_multiplier``.
+    ``local``: every upload is clipped and noised on the client; ``epsilon`` is per client per round.
+    """
+
+    mode: Literal["central", "local", "off"] = "central"  # "off" ignores the other settings
+    epsilon: float | None = Field(default=None, gt=0.0)  # central: total budget; local: per round
+    delta: float | None = Field(default=None, gt=0.0, lt=1.0)
+    noise_multiplier: float | None = Field(default=None, gt=0.0)  # central: z instead of a target epsilon
+    clip_norm: float = Field(default=1.0, gt=0.0)  # L2 bound of a client's whole upload (initial value if adaptive)
+    adaptive_clip: bool = False  # central: clip norm tracks a quantile of update norms (Andrew et al. 2021)
+    target_quantile: float = Field(default=0.5, gt=0.0, lt=1.0)
+    clip_lr: float = Field(default=0.2, gt=0.0)  # geometric step size of the adaptive clip norm
+    clip_count_stddev: float | None = Field(default=None, gt=0.0)  # noise of the clipped count; default (q N) / 20
+    sampling: Literal["poisson"] = "poisson"  # central: client sampling the accountant assumes
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "off" and (self.epsilon is not None or self.noise_multiplier is not None)
+
+    def options(self) -> dict[str, Any]:
+        """The settings given explicitly."""
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+    def check(self) -> None:
+        """Refuse incomplete or contradictory settings (one-line messages)."""
+        if self.mode == "off":  # the same config without privacy (e.g. the epsilon = infinity baseline)
+            return
+        given = self.epsilon is not None or self.noise_multiplier is not None
+        if self.epsilon is not None and self.noise_multiplier is not None:
+            raise ValueError("set either privacy.epsilon (noise is calibrated) or privacy.noise_multiplier, not both")
+        if given and self.delta is None:
+            raise ValueError("privacy.epsilon needs privacy.delta (e.g. --set privacy.delta=1e-4)"
+                             if self.epsilon is not None else "privacy.noise_multiplier needs privacy.delta to report epsilon")
+        if self.mode == "local" and self.noise_multiplier is not None:
+            raise ValueError("privacy.mode = 'local' takes privacy.epsilon (per round), not privacy.noise_multiplier")
+        if self.mode == "local" and self.adaptive_clip:
+            raise ValueError("privacy.adaptive_clip works only with privacy.mode = 'central'")
+
+
 class RunConfig(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
         if self.data.name == "table" and not self.data.path:
             raise ValueError("data.path is required when data.name = 'table'")
+        self.privacy.check()
+        if self.privacy.enabled and self.train.mode != "federated":
+            raise ValueError("privacy (client-level DP) needs train.mode = 'federated'")
         return self
 
 
@@ -172,6 +235,8 @@ def _format_validation_error(error: ValidationError) -> str:
     location = ".".join(str(part) for part in first["loc"])
     given = first.get("input")
     message = first["msg"].rstrip(".")
+    if first["type"] == "value_error" and not location:  # a cross-field check: its message names keys and fix
+        return str(first.get("ctx", {}).get("error", message))
     return f"invalid config value {location}={given!r}: {message}" if location else f"invalid config: {message}"
 
 

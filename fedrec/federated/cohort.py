@@ -7,6 +7,7 @@ backend additionally lays a cohort out as one ragged batch (see :func:`cohort_ex
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -61,9 +62,21 @@ class ClientData:
         )
 
 
-def sample_cohort(num_clients: int, fraction: float, seed: int, round_index: int, eligible: np.ndarray | None = None) -> np.ndarray:
-    """A fixed-size cohort, uniformly without replacement: the clients with the smallest keys (sorted)."""
+Sampling = Literal["fixed", "poisson"]
+
+
+def sample_cohort(num_clients: int, fraction: float, seed: int, round_index: int, eligible: np.ndarray | None = None,
+                  sampling: Sampling = "fixed") -> np.ndarray:
+    """The round's cohort (sorted client indices).
+
+    ``fixed``: a fixed-size cohort, uniformly without replacement (the clients with the smallest keys).
+    ``poisson``: every eligible client independently with probability ``fraction`` (so the cohort
+    size varies and may be zero) -- the sampling the DP accountant assumes. Both are pure functions
+    of (seed, round, client), so every backend and a resumed run see the same cohort.
+    """
     candidates = np.arange(num_clients) if eligible is None else np.flatnonzero(eligible)
+    if sampling == "poisson":
+        return candidates[rng.uniform01(seed, rng.STREAM_COHORT, round_index, candidates) < fraction]
     if fraction >= 1.0:
         return candidates
     size = max(1, int(round(fraction * num_clients)))

@@ -18,12 +18,14 @@ import torch
 from torch import Tensor
 
 from fedrec.federated.aggregation import CohortUpdate, RowWeighting, aggregate
-from fedrec.federated.cohort import ClientData, sample_cohort
+from fedrec.federated.cohort import ClientData, Sampling, sample_cohort
 from fedrec.federated.local import CohortResult, LocalTraining
 from fedrec.federated.reference import train_cohort_reference
 from fedrec.federated.server_opt import ServerOptimizer
 from fedrec.federated.vectorized import train_cohort_vectorized
 from fedrec.models.base import ParamKind, RecModel, num_catalogue_items, parameter_bytes
+from fedrec.privacy.dp import CentralDP, SharedShapes, add_gaussian_noise, clip_update, noise_generator, private_mean, sum_update
+from fedrec.privacy.ldp import LocalDP, summed_noise_stddev
 
 Backend = Literal["vectorized", "reference"]
 BACKENDS: dict[str, Callable[..., CohortResult]] = {
@@ -41,18 +43,22 @@ class FedAvgSettings:
     server: ServerOptimizer = field(default_factory=ServerOptimizer)
     row_weighting: RowWeighting = "row_count"
     backend: Backend = "vectorized"
+    sampling: Sampling = "fixed"  # "poisson" with central DP (what the accountant assumes)
+    privacy: CentralDP | LocalDP | None = None  # None: plain aggregation (no clipping, no noise)
 
 
 @dataclass
 class ServerState:
     """Everything a run carries from one round to the next.
 
-    ``params`` holds the shared tensors and, in simulation, the clients' private rows.
+    ``params`` holds the shared tensors and, in simulation, the clients' private rows;
+    ``privacy_state`` the adaptive clip norm (``clip_norm``) when DP clipping adapts.
     """
 
     round: int
     params: dict[str, Tensor]
     optimizer_state: dict[str, Tensor] = field(default_factory=dict)
+    privacy_state: dict[str, Tensor] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -90,23 +96,77 @@ def write_private_rows(params: dict[str, Tensor], result: CohortResult) -> dict[
     return new
 
 
+def shared_shapes(model: RecModel) -> SharedShapes:
+    """Full shapes of the model's shared row tables and dense tensors."""
+    return SharedShapes(
+        rows={spec.name: tuple(spec.shape) for spec in model.specs_by_kind(ParamKind.SHARED_ROWS)},
+        dense={spec.name: tuple(spec.shape) for spec in model.specs_by_kind(ParamKind.SHARED_DENSE)},
+    )
+
+
+def empty_update(shapes: SharedShapes) -> CohortUpdate:
+    """What an empty cohort uploads (Poisson sampling can draw nobody)."""
+    return CohortUpdate(
+        row_items=torch.zeros(0, dtype=torch.int64), row_clients=torch.zeros(0, dtype=torch.int64),
+        row_counts=torch.zeros(0), row_deltas={n: torch.zeros(0, *s[1:]) for n, s in shapes.rows.items()},
+        dense_deltas={n: torch.zeros(0, *s) for n, s in shapes.dense.items()}, client_sizes=torch.zeros(0),
+    )
+
+
+def clip_norm_of(state: ServerState, privacy: CentralDP) -> float:
+    """The clip norm of this round: the adapted one carried in the state, else the configured one."""
+    carried = state.privacy_state.get("clip_norm")
+    return float(carried) if carried is not None else privacy.clip_norm
+
+
+def private_aggregate(update: CohortUpdate, shapes: SharedShapes, privacy: CentralDP | LocalDP, state: ServerState,
+                      seed: int) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Mean update under DP and the next privacy state.
+
+    Central: clip -> sum -> dense Gaussian noise -> / expected cohort size (:func:`private_mean`).
+    Local: each client clips and noises its own upload, the server averages the noisy uploads; the sum
+    of the clients' independent noise is drawn here as one Gaussian of the summed variance, which
+    has exactly the same distribution (and avoids materialising one dense noise tensor per client).
+    """
+    generator = noise_generator(seed, state.round)
+    if isinstance(privacy, CentralDP):
+        clip_norm = clip_norm_of(state, privacy)
+        deltas, next_clip = private_mean(update, shapes, privacy, clip_norm, generator)
+        carried = {"clip_norm": torch.tensor(next_clip, dtype=torch.float64)} if privacy.adaptive else {}
+        return deltas, carried
+    clipped, _ = clip_update(update, privacy.clip_norm)
+    clients = max(update.num_clients, 1)
+    noisy = add_gaussian_noise(sum_update(clipped, shapes), summed_noise_stddev(privacy.stddev, update.num_clients), generator)
+    return {name: value / clients for name, value in noisy.items()}, {}
+
+
 def run_round(model: RecModel, state: ServerState, data: ClientData, settings: FedAvgSettings, seed: int,
               eligible: np.ndarray | None = None) -> tuple[ServerState, RoundStats]:
     """One FedAvg round; the round's randomness is a pure function of (seed, round)."""
     began = time.perf_counter()
     round_index = state.round
-    cohort = sample_cohort(data.num_clients, settings.client_fraction, seed, round_index, eligible)
+    cohort = sample_cohort(data.num_clients, settings.client_fraction, seed, round_index, eligible, settings.sampling)
     train = BACKENDS[settings.backend]
-    result = train(model, state.params, data, cohort, settings.local, seed, round_index)
-    deltas = aggregate(result.update, num_catalogue_items(model), settings.row_weighting)
+    privacy_state = state.privacy_state
+    if settings.privacy is None:
+        result = train(model, state.params, data, cohort, settings.local, seed, round_index)
+        update = result.update
+        deltas = aggregate(update, num_catalogue_items(model), settings.row_weighting)
+    else:
+        shapes = shared_shapes(model)
+        result = train(model, state.params, data, cohort, settings.local, seed, round_index) if len(cohort) else None
+        update = result.update if result is not None else empty_update(shapes)
+        deltas, privacy_state = private_aggregate(update, shapes, settings.privacy, state, seed)
     params, optimizer_state = settings.server.step(state.params, deltas, state.optimizer_state)
-    params = write_private_rows(params, result)
+    if result is not None:
+        params = write_private_rows(params, result)
+    dense_upload = isinstance(settings.privacy, LocalDP)  # noise on every coordinate: the whole shared model travels
     stats = RoundStats(
         clients=len(cohort),
-        examples=int(result.update.client_sizes.sum()),
-        train_loss=result.loss_sum / max(result.steps, 1),
-        bytes_up=upload_bytes(model, result.update),
+        examples=int(update.client_sizes.sum()),
+        train_loss=result.loss_sum / max(result.steps, 1) if result is not None else 0.0,
+        bytes_up=download_bytes(model, len(cohort)) if dense_upload else upload_bytes(model, update),
         bytes_down=download_bytes(model, len(cohort)),
         seconds=time.perf_counter() - began,
     )
-    return ServerState(round_index + 1, params, optimizer_state), stats
+    return ServerState(round_index + 1, params, optimizer_state, privacy_state), stats

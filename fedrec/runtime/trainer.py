@@ -4,6 +4,9 @@ Outputs in the run directory, each written atomically:
 ``config.json`` (resolved config), ``history.jsonl`` (one line per finished round),
 ``checkpoint.safetensors`` (parameters and optimiser state after the last finished round) and,
 at the end, ``metrics.json`` (final test metrics with flat keys).
+With central DP (``[privacy]``), every history line carries the epsilon spent so far (``epsilon``
+from the RDP accountant, ``epsilon_pld`` alongside) and a run with a target epsilon stops cleanly
+before a round that would exceed it.
 Randomness is a pure function of (seed, round), so a resumed run reaches the same model as an
 uninterrupted one.
 """
@@ -11,6 +14,8 @@ uninterrupted one.
 from __future__ import annotations
 
 import json
+import math
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,11 +33,40 @@ from fedrec.federated.server_opt import ServerOptimizer
 from fedrec.runtime.centralized import CentralSettings, make_optimizer, train_epoch
 from fedrec.runtime.checkpoint import CHECKPOINT_NAME, atomic_write_text, load_checkpoint, save_checkpoint
 from fedrec.runtime.experiment import Experiment, prepare
+from fedrec.privacy.dp import CentralDP
+from fedrec.privacy.ldp import LocalDP
 
 RoundCallback = Callable[[dict[str, Any]], None]
 
 
-def fedavg_settings(config: RunConfig) -> FedAvgSettings:
+def privacy_settings(config: RunConfig, eligible_clients: int, noise_multiplier: float | None = None) -> CentralDP | LocalDP | None:
+    """The DP mechanism of a run (None when privacy is off).
+
+    Central DP with a target epsilon calibrates the noise multiplier to train.rounds rounds at
+    sampling rate train.client_fraction, unless ``noise_multiplier`` (e.g. from a checkpoint) is given.
+    """
+    privacy = config.privacy
+    if not privacy.enabled or config.train.mode != "federated":
+        return None
+    from fedrec.privacy.accountant import calibrate_noise  # here: runs without privacy never import dp_accounting
+
+    assert privacy.delta is not None  # checked by the config
+    if privacy.mode == "local":
+        assert privacy.epsilon is not None
+        return LocalDP(privacy.epsilon, privacy.delta, privacy.clip_norm)
+    q = config.train.client_fraction
+    if noise_multiplier is None:
+        noise_multiplier = privacy.noise_multiplier
+    if noise_multiplier is None:
+        assert privacy.epsilon is not None
+        noise_multiplier = calibrate_noise(privacy.epsilon, privacy.delta, q, config.train.rounds)
+    settings = CentralDP(noise_multiplier, privacy.clip_norm, q * eligible_clients, privacy.adaptive_clip,
+                         privacy.target_quantile, privacy.clip_lr, privacy.clip_count_stddev)
+    _ = settings.update_noise  # refuse an impossible adaptive-clipping split before training
+    return settings
+
+
+def fedavg_settings(config: RunConfig, privacy: CentralDP | LocalDP | None = None) -> FedAvgSettings:
     train = config.train
     return FedAvgSettings(
         local=LocalTraining(train.local_epochs, train.local_lr, train.batch_size, train.private_lr),
@@ -41,6 +75,8 @@ def fedavg_settings(config: RunConfig) -> FedAvgSettings:
                                train.server_beta1, train.server_beta2, train.server_tau, train.server_lazy_rows),
         row_weighting=train.row_weighting,
         backend=train.backend,
+        sampling="poisson" if isinstance(privacy, CentralDP) else "fixed",
+        privacy=privacy,
     )
 
 
@@ -56,15 +92,29 @@ def _comparable(config_json: str) -> dict[str, Any]:
     return settings
 
 
+def public_start(params: dict[str, Tensor], exp: Experiment) -> dict[str, Tensor]:
+    """Initial parameters that depend on no client's data: under DP the global bias starts at the middle
+    of the (public) rating scale instead of the training mean, which no mechanism protects."""
+    if "global_bias" not in params or exp.dataset.rating_range is None:
+        return params
+    low, high = exp.dataset.rating_range
+    return {**params, "global_bias": torch.full_like(params["global_bias"], (low + high) / 2)}
+
+
 class _Run:
     """The mutable state of one run: parameters, optimiser state, counters, history."""
 
     def __init__(self, config: RunConfig, exp: Experiment, out_dir: Path) -> None:
         self.config, self.exp, self.out_dir = config, exp, out_dir
         self.federated = config.train.mode == "federated"
-        self.settings = fedavg_settings(config)
         self.eligible = exp.clients.sizes > 0  # clients with no training data are never sampled
+        self.privacy = privacy_settings(config, int(self.eligible.sum()))
+        self.settings = fedavg_settings(config, self.privacy)
+        self.privacy_state: dict[str, Tensor] = {}
+        self.stop_reason: str | None = None
         self.params = exp.model.init_params(torch.Generator().manual_seed(config.train.seed))
+        if self.privacy is not None:
+            self.params = public_start(self.params, exp)
         self.server_state: dict[str, Tensor] = {}
         self.central_optimizer: torch.optim.Optimizer | None = None
         if not self.federated:
@@ -85,10 +135,13 @@ class _Run:
     def save(self) -> None:
         tensors = {f"param/{k}": v.detach() for k, v in self.params.items()}
         tensors.update({f"server/{k}": v for k, v in self.server_state.items()})
+        tensors.update({f"privacy/{k}": v for k, v in self.privacy_state.items()})
         meta: dict[str, Any] = {
             "round": self.round, "seconds": self.seconds, "bytes_up": self.bytes_up, "bytes_down": self.bytes_down,
             "config": config_to_json(self.config),
         }
+        if isinstance(self.privacy, CentralDP):
+            meta["noise_multiplier"] = self.privacy.noise_multiplier
         if self.central_optimizer is not None:
             state = self.central_optimizer.state_dict()
             for index, entries in state["state"].items():
@@ -112,6 +165,11 @@ class _Run:
             for name, value in self.params.items():
                 value.copy_(tensors[f"param/{name}"])
         self.server_state = {k[len("server/"):]: v for k, v in tensors.items() if k.startswith("server/")}
+        self.privacy_state = {k[len("privacy/"):]: v for k, v in tensors.items() if k.startswith("privacy/")}
+        if isinstance(self.privacy, CentralDP) and "noise_multiplier" in meta:
+            # the noise was calibrated to the rounds first configured; a resume with more rounds keeps it
+            self.privacy = privacy_settings(self.config, int(self.eligible.sum()), float(meta["noise_multiplier"]))
+            self.settings = fedavg_settings(self.config, self.privacy)
         if self.central_optimizer is not None and "optim_groups" in meta:
             state: dict[int, dict[str, Tensor]] = {}
             for key, value in tensors.items():
@@ -131,10 +189,10 @@ class _Run:
         began = time.perf_counter()
         record: dict[str, Any] = {"round": self.round + 1}
         if self.federated:
-            state = ServerState(self.round, self.params, self.server_state)
+            state = ServerState(self.round, self.params, self.server_state, self.privacy_state)
             state, stats = run_round(self.exp.model, state, self.exp.clients, self.settings,
                                      self.config.train.seed, self.eligible)
-            self.params, self.server_state = state.params, state.optimizer_state
+            self.params, self.server_state, self.privacy_state = state.params, state.optimizer_state, state.privacy_state
             self.bytes_up += stats.bytes_up
             self.bytes_down += stats.bytes_down
             record.update(train_loss=stats.train_loss, clients=stats.clients, bytes_up=stats.bytes_up,
@@ -145,12 +203,50 @@ class _Run:
                                self.config.train.central_batch_size, self.config.train.seed, self.round)
             record.update(train_loss=loss)
         self.round += 1
+        record.update(self.privacy_record(self.round))
         self.seconds += time.perf_counter() - began
         last = self.round == self.config.train.rounds
         if self.round % self.config.train.eval_every == 0 or last:
             record.update(self.exp.evaluator(self.detached()))
         record["seconds"] = round(self.seconds, 4)
         return record
+
+    # -- privacy ------------------------------------------------------------------------------
+    def privacy_record(self, rounds: int) -> dict[str, Any]:
+        """Privacy spent after ``rounds`` rounds (empty when privacy is off)."""
+        from fedrec.privacy.accountant import epsilon, epsilon_pld
+
+        privacy = self.privacy
+        delta = self.config.privacy.delta
+        if isinstance(privacy, LocalDP):
+            return {"local_epsilon": privacy.epsilon, "local_delta": privacy.delta}
+        if not isinstance(privacy, CentralDP):
+            return {}
+        assert delta is not None
+        q = self.config.train.client_fraction
+        record: dict[str, Any] = {
+            "epsilon": epsilon(privacy.noise_multiplier, q, rounds, delta),
+            "epsilon_pld": epsilon_pld(privacy.noise_multiplier, q, rounds, delta),
+            "delta": delta,
+        }
+        if privacy.adaptive:
+            record["clip_norm"] = float(self.privacy_state.get("clip_norm", torch.tensor(privacy.clip_norm)))
+        return record
+
+    def budget_exceeded(self) -> bool:
+        """Whether one more round would spend more than the target epsilon (sets ``stop_reason``)."""
+        from fedrec.privacy.accountant import epsilon
+
+        target, delta = self.config.privacy.epsilon, self.config.privacy.delta
+        if not isinstance(self.privacy, CentralDP) or target is None or delta is None:
+            return False
+        q = self.config.train.client_fraction
+        spent = epsilon(self.privacy.noise_multiplier, q, self.round + 1, delta)
+        if spent <= target * (1 + 1e-9):
+            return False
+        self.stop_reason = (f"privacy budget reached: round {self.round + 1} would spend epsilon {spent:.3f} > "
+                            f"privacy.epsilon = {target:g}; stopped after {self.round} rounds")
+        return True
 
     def detached(self) -> dict[str, Tensor]:
         return {k: v.detach() for k, v in self.params.items()}
@@ -175,6 +271,10 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False, on_round: Roun
         on_start(run.round, config.train.rounds)
     history_path = out_dir / "history.jsonl"
     while run.round < config.train.rounds:
+        if run.budget_exceeded():
+            run.save()
+            print(f"{run.stop_reason} (checkpoint and metrics written to {out_dir})", file=sys.stderr)
+            break
         record = run.step()
         run.history.append(record)
         atomic_write_text(history_path, "".join(json.dumps(entry) + "\n" for entry in run.history))
@@ -212,5 +312,28 @@ def final_metrics(run: _Run) -> dict[str, Any]:
         idle_clients=exp.idle_clients,
         excluded_users=exp.excluded_users,
     )
+    metrics.update(final_privacy(run))
     return metrics
+
+
+def final_privacy(run: _Run) -> dict[str, Any]:
+    """Privacy entries of metrics.json: the epsilon actually spent (central) or per round (local)."""
+    privacy = run.privacy
+    if privacy is None:
+        return {}
+    entries: dict[str, Any] = {"privacy_mode": run.config.privacy.mode, "clip_norm": run.config.privacy.clip_norm}
+    entries.update(run.privacy_record(run.round))
+    if isinstance(privacy, CentralDP):
+        entries.update(noise_multiplier=privacy.noise_multiplier, sampling_prob=run.config.train.client_fraction,
+                       expected_clients=privacy.expected_clients)
+        if privacy.adaptive:
+            entries["update_noise_multiplier"] = privacy.update_noise
+    else:
+        entries.update(local_noise_stddev=privacy.stddev, local_epsilon_total=privacy.epsilon * run.round)
+    if run.stop_reason is not None:
+        entries.update(stopped=run.stop_reason)
+    for key, value in list(entries.items()):
+        if isinstance(value, float) and math.isinf(value):
+            entries[key] = "inf"
+    return entries
 
