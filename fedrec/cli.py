@@ -123,6 +123,7 @@ from fedrec.report.cli import register as register_report; register_report(app) 
 from fedrec.serving.commands import register as register_serving; register_serving(app)  # noqa: E402,E702
 from fedrec.flower.commands import register as register_flower; register_flower(app)  # noqa: E402,E702
 from fedrec.tuning import register as register_tuning; register_tuning(app)  # noqa: E402,E702
+from fedrec.text.commands import register as register_text; register_text(app)  # noqa: E402,E702
 
 
 def main() -> None:

@@ -118,3 +118,48 @@ def carve_validation(split: Split, ratio: float, seed: int) -> Split:
         raise FedrecError(f"split {split.name or '(unnamed)'} already has a validation part; do not carve another")
     chosen = _random_per_user(split.train.users, ratio, np.random.default_rng(seed))
     return replace(split, train=split.train.subset(~chosen), validation=split.train.subset(chosen))
+
+
+def hold_out_items(dataset: Dataset, fraction: float, seed: int) -> tuple[Dataset, Interactions, int]:
+    """Cold-start split: a random ``fraction`` of the items leaves training entirely.
+
+    Returns the dataset with its items relabelled so the kept ("warm") items come first,
+    0..W-1 (in their original order), and the held-out ("cold") ones after them, W..N-1; its
+    interactions (and official folds) hold only warm items. Also returns the interactions with
+    cold items (relabelled the same way), which are all test data, and W. Item ids, titles and
+    texts follow the relabelling, so every index still names the same item. Only items with at
+    least one interaction are held out, and at least one item is, and one stays.
+    """
+    _check_ratio("cold-start item fraction", fraction)
+    counts = np.bincount(dataset.interactions.items, minlength=dataset.num_items)
+    candidates = np.flatnonzero(counts > 0)
+    if len(candidates) < 2:
+        raise FedrecError(f"{dataset.name} has {len(candidates)} items with interactions; the cold-start protocol "
+                          "needs at least 2")
+    take = int(np.clip(round(fraction * len(candidates)), 1, len(candidates) - 1))
+    cold = np.sort(np.random.default_rng(seed).choice(candidates, size=take, replace=False))
+    is_cold = np.zeros(dataset.num_items, dtype=bool)
+    is_cold[cold] = True
+    order = np.r_[np.flatnonzero(~is_cold), cold]  # new index -> old index
+    new_index = np.empty(dataset.num_items, dtype=np.int64)
+    new_index[order] = np.arange(dataset.num_items)
+
+    def relabel(part: Interactions) -> Interactions:
+        return Interactions(part.users, new_index[part.items], part.ratings, part.timestamps)
+
+    def warm(part: Interactions) -> Interactions:
+        return relabel(part.subset(~is_cold[part.items]))
+
+    folds = {name: replace(split, train=warm(split.train), test=warm(split.test),
+                           validation=None if split.validation is None else warm(split.validation))
+             for name, split in dataset.official_splits.items()}
+    relabelled = replace(
+        dataset,
+        interactions=warm(dataset.interactions),
+        item_ids=dataset.item_ids[order],
+        item_titles=[dataset.item_titles[k] for k in order],
+        item_texts=[dataset.item_texts[k] for k in order],
+        official_splits=folds,
+    )
+    cold_part = relabel(dataset.interactions.subset(is_cold[dataset.interactions.items]))
+    return relabelled, cold_part, dataset.num_items - take

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -11,13 +12,15 @@ from fedrec.config import RunConfig
 from fedrec.data.dataset import Dataset, Interactions, Split
 from fedrec.data.partition import Partition, per_user_partition, random_silos, silos_by_feature
 from fedrec.data.registry import canonical_name, load_dataset
-from fedrec.data.splits import (carve_validation, leave_last_out_with_report, official_split,
+from fedrec.data.splits import (carve_validation, hold_out_items, leave_last_out_with_report, official_split,
                                  random_leave_one_out_with_report, random_ratio_split)
 from fedrec.errors import FedrecError
 from fedrec.eval.protocol import Evaluator
 from fedrec.federated.cohort import ClientData
 from fedrec.models.base import RecModel
-from fedrec.models.registry import IMPLICIT_MODELS, build_model, model_options
+from fedrec.models.registry import COLD_START_MODELS, IMPLICIT_MODELS, TEXT_MODELS, build_model, model_options
+from fedrec.text.encoder import TextEncoder
+from fedrec.text.item_text import TextEmbeddings, item_text_embeddings
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,8 @@ class Experiment:
     excluded_users: int  # users that could not be split (too few interactions)
     idle_clients: int  # clients with no training interactions (never sampled)
     evaluator: Evaluator
+    text: TextEmbeddings | None = None  # text models: the item embeddings and how they were made
+    notes: tuple[str, ...] = ()  # one-line messages for the user (text encoding, cold start)
 
 
 def load_data(config: RunConfig) -> Dataset:
@@ -43,6 +48,8 @@ def load_data(config: RunConfig) -> Dataset:
     if key in ("csv", "table"):
         options = dict(path=data.path, user_col=data.user_col, item_col=data.item_col, rating_col=data.rating_col,
                        timestamp_col=data.timestamp_col, duplicates=data.duplicates)
+        if config.model.text_columns:
+            options["text_cols"] = list(config.model.text_columns)
         return load_dataset(key, data_dir=data_dir, **options)
     return load_dataset(key, data_dir=data_dir, download=data.download, progress=False)
 
@@ -90,26 +97,67 @@ def make_partition(config: RunConfig, dataset: Dataset) -> Partition:
     return silos_by_feature(dataset.user_features[data.silo_feature], max_silos=data.num_silos, feature=data.silo_feature)
 
 
+def text_embeddings(config: RunConfig, dataset: Dataset, progress: bool | None = None) -> TextEmbeddings:
+    """The items' text embeddings for a text model, through the disk cache (model.text_* settings)."""
+    model = config.model
+    encoder = TextEncoder(model.text_encoder, max_length=model.text_max_length, batch_size=model.text_batch_size)
+    show = sys.stderr.isatty() if progress is None else progress
+    return item_text_embeddings(dataset, encoder, dim=model.text_dim, use_cache=model.text_cache, progress=show)
+
+
 def prepare(config: RunConfig) -> Experiment:
     dataset = keep_min_rating(load_data(config), config.data.min_rating)
-    ranking = config.model.name in IMPLICIT_MODELS
+    name = config.model.name
+    ranking = name in IMPLICIT_MODELS
     if dataset.implicit and not ranking:
         raise FedrecError(f"{dataset.name} is implicit feedback (no ratings) but model.name={config.model.name!r} "
-                          f"predicts ratings; use model.name=bpr or ncf")
+                          f"predicts ratings; use model.name=bpr, ncf, text_bpr or tower_bpr")
+    if config.model.text_columns and canonical_name(config.data.name) not in ("csv", "table"):
+        raise FedrecError("model.text_columns applies to data.name=table only; "
+                          f"{dataset.name} builds its item texts itself, so remove model.text_columns")
+    notes: list[str] = []
+    cold, warm_items = None, None
+    if config.model.cold_start_items > 0:
+        if not ranking:
+            raise FedrecError(f"the cold-start protocol ranks held-out items, but model.name={name!r} predicts "
+                              "ratings; use a ranking model (text_bpr, tower_bpr, bpr, ncf) or set "
+                              "model.cold_start_items=0")
+        dataset, cold, warm_items = hold_out_items(dataset, config.model.cold_start_items, config.data.split_seed)
+        held = dataset.num_items - warm_items
+        notes.append(f"cold start: {held} of {dataset.num_items} items ({len(cold)} interactions) held out of "
+                     "training, each interaction ranked among the held-out items its user has not interacted with")
+    text = text_embeddings(config, dataset) if name in TEXT_MODELS else None
+    if text is not None:
+        notes.append(text.summary())
+    cold_unsupported = None
+    if cold is not None and name not in COLD_START_MODELS:
+        reason = "it scores items by ID embeddings, which held-out items never get"
+        cold_unsupported = f"not supported by model {name}"
+        notes.append(f"cold start: {cold_unsupported} ({reason}); use model.name=text_bpr or tower_bpr for held-out items")
     split, excluded = make_split(config, dataset)
     if len(split.train) == 0:
         raise FedrecError(f"the {config.data.split} split of {dataset.name} has no training interactions; check the data")
     partition = make_partition(config, dataset)
+    # negatives are sampled from items 0..num_items-1: with the cold-start protocol, the warm items only
     clients = ClientData.from_interactions(split.train, partition.client_of_user, partition.num_clients,
-                                           num_items=dataset.num_items)
+                                           num_items=warm_items if warm_items is not None else dataset.num_items)
     options = config.model.options()
     if "global_mean" in model_options(config.model.name):
         options["global_mean"] = float(np.mean(split.train.ratings))
-    model = build_model(config.model.name, options, dataset.num_users, dataset.num_items)
+    model = build_model(config.model.name, options, dataset.num_users, dataset.num_items,
+                        item_text=text.embeddings if text is not None else None)
     if ranking and max(config.eval.ks) > dataset.num_items:
         raise FedrecError(f"eval.ks has K={max(config.eval.ks)} but {dataset.name} has only {dataset.num_items} items; "
                           f"use K <= {dataset.num_items}")
     idle = int(np.sum(clients.sizes == 0))
     evaluator = Evaluator(model, split, ranking, dataset.rating_range, config.eval.ks, config.eval.sampled_negatives,
-                          config.eval.seed)
-    return Experiment(dataset, split, partition, clients, model, excluded, idle, evaluator)
+                          config.eval.seed, warm_items=warm_items, cold=cold, cold_unsupported=cold_unsupported)
+    for note in notes:
+        _console().print(note, highlight=False, markup=False, soft_wrap=True)
+    return Experiment(dataset, split, partition, clients, model, excluded, idle, evaluator, text, tuple(notes))
+
+
+def _console():  # noqa: ANN202 - rich is imported lazily
+    from rich.console import Console
+
+    return Console(stderr=True)

@@ -1,0 +1,1 @@
+"""Pretrained text encoders and item texts for text-aware recommenders."""
