@@ -169,18 +169,48 @@ class PrivacyConfig(Section):
             raise ValueError("privacy.adaptive_clip works only with privacy.mode = 'central'")
 
 
+class DefenceConfig(Section):
+    """Defences against poisoned uploads (fedrec/federated/robust.py): validate each client's upload, then
+    aggregate item rows robustly over the clients that sent them. Off unless ``check_uploads`` or ``aggregator`` is set.
+    They need the server to see individual uploads: not available with DP (which aggregates a clipped sum)."""
+
+    check_uploads: bool = False  # reject (and count) uploads with NaN/Inf, bad shapes, bad indices or outsized norms
+    max_norm_ratio: float | None = Field(default=10.0, gt=1.0)  # reject norms > ratio x the cohort's median norm
+    max_norm: float | None = Field(default=None, gt=0.0)  # reject norms above this absolute bound
+    aggregator: Literal["mean", "median", "trimmed_mean", "krum", "multi_krum", "norm_bound"] | None = None
+    trim_fraction: float = Field(default=0.1, ge=0.0, lt=0.5)  # trimmed_mean: fraction cut at each end
+    byzantine_fraction: float = Field(default=0.2, ge=0.0, lt=0.5)  # krum: assumed attackers among a row's senders
+    clip_norm: float | None = Field(default=None, gt=0.0)  # bound on each client's row delta (norm_bound needs it)
+    dense_clip_norm: float | None = Field(default=None, gt=0.0)  # the same for each client's dense delta
+
+    @property
+    def enabled(self) -> bool:
+        return self.check_uploads or self.aggregator is not None
+
+    def check(self) -> None:
+        if self.aggregator == "norm_bound" and self.clip_norm is None:
+            raise ValueError("defence.aggregator = 'norm_bound' needs defence.clip_norm (e.g. --set defence.clip_norm=1.0)")
+
+
 class RunConfig(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    defence: DefenceConfig = Field(default_factory=DefenceConfig)
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
         if self.data.name == "table" and not self.data.path:
             raise ValueError("data.path is required when data.name = 'table'")
         self.privacy.check()
+        self.defence.check()
+        if self.defence.enabled and self.privacy.enabled:
+            raise ValueError("defence.* and privacy.* cannot be combined: DP aggregates a clipped, noised sum, so the server "
+                             "never sees the individual uploads the defences inspect (DP's clipping already bounds each client)")
+        if self.defence.enabled and self.train.mode != "federated":
+            raise ValueError("defence.* applies to federated training only (train.mode = 'federated')")
         if self.privacy.enabled and self.train.mode != "federated":
             raise ValueError("privacy (client-level DP) needs train.mode = 'federated'")
         return self

@@ -21,6 +21,7 @@ from fedrec.federated.aggregation import CohortUpdate, RowWeighting, aggregate
 from fedrec.federated.cohort import ClientData, Sampling, sample_cohort
 from fedrec.federated.local import CohortResult, LocalTraining
 from fedrec.federated.reference import train_cohort_reference
+from fedrec.federated.robust import DefenceSettings, defended_aggregate
 from fedrec.federated.server_opt import ServerOptimizer
 from fedrec.federated.vectorized import train_cohort_vectorized
 from fedrec.models.base import ParamKind, RecModel, num_catalogue_items, parameter_bytes
@@ -45,6 +46,7 @@ class FedAvgSettings:
     backend: Backend = "vectorized"
     sampling: Sampling = "fixed"  # "poisson" with central DP (what the accountant assumes)
     privacy: CentralDP | LocalDP | None = None  # None: plain aggregation (no clipping, no noise)
+    defence: DefenceSettings | None = None  # validation + robust aggregation of the uploads (not with privacy)
 
 
 @dataclass
@@ -69,6 +71,7 @@ class RoundStats:
     bytes_up: int
     bytes_down: int
     seconds: float
+    rejected: dict[str, int] = field(default_factory=dict)  # clients whose upload the defence rejected, by reason
 
 
 def upload_bytes(model: RecModel, update: CohortUpdate) -> int:
@@ -148,10 +151,16 @@ def run_round(model: RecModel, state: ServerState, data: ClientData, settings: F
     cohort = sample_cohort(data.num_clients, settings.client_fraction, seed, round_index, eligible, settings.sampling)
     train = BACKENDS[settings.backend]
     privacy_state = state.privacy_state
+    rejected: dict[str, int] = {}
     if settings.privacy is None:
         result = train(model, state.params, data, cohort, settings.local, seed, round_index)
         update = result.update
-        deltas = aggregate(update, num_catalogue_items(model), settings.row_weighting)
+        if settings.defence is None:
+            deltas = aggregate(update, num_catalogue_items(model), settings.row_weighting)
+        else:
+            deltas, report = defended_aggregate(update, num_catalogue_items(model), settings.row_weighting,
+                                                 settings.defence)
+            rejected = report.rejected
     else:
         shapes = shared_shapes(model)
         result = train(model, state.params, data, cohort, settings.local, seed, round_index) if len(cohort) else None
@@ -168,5 +177,6 @@ def run_round(model: RecModel, state: ServerState, data: ClientData, settings: F
         bytes_up=download_bytes(model, len(cohort)) if dense_upload else upload_bytes(model, update),
         bytes_down=download_bytes(model, len(cohort)),
         seconds=time.perf_counter() - began,
+        rejected=rejected,
     )
     return ServerState(round_index + 1, params, optimizer_state, privacy_state), stats

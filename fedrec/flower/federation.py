@@ -149,6 +149,8 @@ def check_deployable(config: RunConfig) -> None:
                           f"use one of {', '.join(DEPLOYABLE_MODELS)} or fedrec train")
     if getattr(config.model, "cold_start_items", 0):
         raise FedrecError("model.cold_start_items is not supported in deployment yet; set it to 0 or use fedrec train")
+    if config.defence.enabled:
+        raise FedrecError("defences ([defence]) are not supported in deployment yet; remove them or use fedrec train")
     privacy = getattr(config, "privacy", None)
     if privacy is not None and getattr(privacy, "enabled", False):
         raise FedrecError("differential privacy ([privacy]) is not supported in deployment yet; "

@@ -28,6 +28,7 @@ from fedrec.config import RunConfig, config_to_json
 from fedrec.errors import FedrecError
 from fedrec.federated.local import LocalTraining
 from fedrec.federated.personalize import finetune
+from fedrec.federated.robust import DefenceSettings, RobustSettings, ValidationSettings
 from fedrec.federated.server import FedAvgSettings, ServerState, run_round
 from fedrec.federated.server_opt import ServerOptimizer
 from fedrec.runtime.centralized import CentralSettings, make_optimizer, train_epoch
@@ -77,7 +78,20 @@ def fedavg_settings(config: RunConfig, privacy: CentralDP | LocalDP | None = Non
         backend=train.backend,
         sampling="poisson" if isinstance(privacy, CentralDP) else "fixed",
         privacy=privacy,
+        defence=defence_settings(config),
     )
+
+
+def defence_settings(config: RunConfig) -> DefenceSettings | None:
+    """Validation and robust aggregation from ``[defence]``; None when neither is on."""
+    defence = config.defence
+    if not defence.enabled:
+        return None
+    validation = (ValidationSettings(defence.max_norm_ratio, defence.max_norm) if defence.check_uploads
+                  else ValidationSettings(None, None))
+    robust = RobustSettings(defence.aggregator or "mean", defence.trim_fraction, defence.byzantine_fraction,
+                            defence.clip_norm, defence.dense_clip_norm)
+    return DefenceSettings(validation, robust)
 
 
 _RESUME_FREE = {"train": ("rounds", "eval_every", "checkpoint_every"), "data": ("data_dir", "download")}
@@ -197,6 +211,8 @@ class _Run:
             self.bytes_down += stats.bytes_down
             record.update(train_loss=stats.train_loss, clients=stats.clients, bytes_up=stats.bytes_up,
                           bytes_down=stats.bytes_down)
+            if self.settings.defence is not None:
+                record.update(rejected=sum(stats.rejected.values()), rejected_by_reason=stats.rejected)
         else:
             assert self.central_optimizer is not None
             loss = train_epoch(self.exp.model, self.params, self.central_optimizer, self.exp.clients,
