@@ -266,3 +266,10 @@ def test_bool_and_int_are_not_interchangeable(assignment, key):
 def test_number_like_text_stays_text_for_string_fields():
     config = load_config(None, ["data.user_col=0", "data.item_col=2024"])
     assert config.data.user_col == "0" and config.data.item_col == "2024"
+
+
+def test_text_models_refuse_dp_in_one_line():
+    with pytest.raises(FedrecError, match="not supported yet") as error:
+        load_config(Path(__file__).resolve().parents[1] / "configs" / "ml100k-text-coldstart.toml",
+                    ["privacy.epsilon=8", "privacy.delta=1e-4"])
+    assert "\n" not in str(error.value)
