@@ -122,8 +122,9 @@ def data_info(
 from fedrec.report.cli import register as register_report; register_report(app)  # noqa: E402,E702
 from fedrec.serving.commands import register as register_serving; register_serving(app)  # noqa: E402,E702
 from fedrec.flower.commands import register as register_flower; register_flower(app)  # noqa: E402,E702
-from fedrec.tuning import register as register_tuning; register_tuning(app)  # noqa: E402,E702
+from fedrec.privacy.audit_commands import register as register_audit; register_audit(app)  # noqa: E402,E702
 from fedrec.text.commands import register as register_text; register_text(app)  # noqa: E402,E702
+from fedrec.tuning import register as register_tuning; register_tuning(app)  # noqa: E402,E702
 
 
 def main() -> None:
