@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -119,12 +120,16 @@ def data_info(
 
 
 # -- commands that live next to their features: each module registers its own (keep imports light) --
-from fedrec.report.cli import register as register_report; register_report(app)  # noqa: E402,E702
-from fedrec.serving.commands import register as register_serving; register_serving(app)  # noqa: E402,E702
-from fedrec.flower.commands import register as register_flower; register_flower(app)  # noqa: E402,E702
-from fedrec.privacy.audit_commands import register as register_audit; register_audit(app)  # noqa: E402,E702
-from fedrec.text.commands import register as register_text; register_text(app)  # noqa: E402,E702
-from fedrec.tuning import register as register_tuning; register_tuning(app)  # noqa: E402,E702
+FEATURE_COMMANDS = (
+    "fedrec.serving.commands",  # recommend, similar, serve
+    "fedrec.report.cli",  # report
+    "fedrec.flower.commands",  # deploy
+    "fedrec.privacy.audit_commands",  # audit
+    "fedrec.text.commands",  # text encode
+    "fedrec.tuning",  # tune
+)
+for _module in FEATURE_COMMANDS:
+    importlib.import_module(_module).register(app)
 
 
 def main() -> None:
