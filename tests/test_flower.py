@@ -255,7 +255,8 @@ def _left_alive(pids: list[int]) -> list[int]:
     return alive
 
 
-@pytest.mark.slow
+# In the default suite (about 80 s on 2 cores, mostly Flower's process start-up and polling) so that CI
+# runs a real SuperLink + 2 SuperNodes on loopback; the fault tests below stay slow.
 def test_loopback_deployment_equals_the_simulator(tmp_path, ml100k_dir):
     from fedrec.flower.deploy import deploy
 
