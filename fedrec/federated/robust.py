@@ -360,7 +360,8 @@ def group_krum(vectors: Tensor, groups: Tensor, num_groups: int, byzantine_fract
             distances.diagonal(dim1=1, dim2=2).fill_(float("inf"))
             scores = distances.topk(k, dim=2, largest=False).values.sum(2)  # (g, n)
             if multi:
-                best = scores.topk(n - f, dim=1, largest=False).indices  # (g, n - f)
+                # Ties (mutual nearest neighbours score alike) go to the earlier sender, as in a stable sort.
+                best = torch.sort(scores, dim=1, stable=True).indices[:, :n - f]  # (g, n - f)
                 chosen = members.gather(1, best[:, :, None].expand(-1, -1, members.shape[2])).mean(1)
             else:
                 chosen = members[torch.arange(len(part)), scores.argmin(1)]
