@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -21,7 +22,7 @@ app.add_typer(data_app, name="data")
 console = Console(stderr=True)
 out = Console()
 
-LIVE_KEYS = ("val_rmse", "rmse", "val_ndcg@10", "ndcg@10", "train_loss")
+LIVE_KEYS = ("val_rmse", "rmse", "val_ndcg@10", "ndcg@10", "accuracy", "train_loss")
 
 
 def _live_metric(record: dict[str, Any]) -> str:
@@ -45,33 +46,58 @@ def train(
     """Train a recommender (federated or centralised) and write its outputs to --out."""
     from fedrec.generic import is_classification_config
 
-    if is_classification_config(config):  # [task] kind = "classification": the generic runner (fedrec/generic/)
-        from fedrec.generic.runner import train_classifier_cli
-
-        return train_classifier_cli(config, list(set_ or []), out_dir, resume, quiet, data_dir, download)
-    from fedrec.config import load_config
-
     overrides = list(set_ or [])
     if data_dir is not None:
         overrides.append(f"data.data_dir={json.dumps(str(data_dir))}")
     if download:
         overrides.append("data.download=true")
-    run_config = load_config(config, overrides)  # validate before the slow imports
-    from fedrec.runtime.trainer import train as run_training
+    if is_classification_config(config):  # [task] kind = "classification": the generic runner (fedrec/generic/)
+        from fedrec.generic.runner import train_classifier
 
+        description, total, shown = "federated rounds", None, CLASSIFIER_SHOWN
+
+        def job(on_round: Callable[[dict[str, Any]], None], on_start: Callable[[int, int], None]) -> dict[str, Any]:
+            return train_classifier(config, overrides, out_dir, resume, on_round, on_start)
+    else:
+        from fedrec.config import load_config
+
+        run_config = load_config(config, overrides)  # validate before the slow imports
+        from fedrec.runtime.trainer import train as run_training
+
+        mode = run_config.train.mode
+        description = f"{mode} {'round' if mode == 'federated' else 'epoch'}s"
+        total, shown = run_config.train.rounds, RECOMMENDER_SHOWN
+
+        def job(on_round: Callable[[dict[str, Any]], None], on_start: Callable[[int, int], None]) -> dict[str, Any]:
+            return run_training(run_config, out_dir, resume=resume, on_round=on_round, on_start=on_start)
+
+    metrics = _run_with_progress(job, description, total, out_dir, quiet, tensorboard)
+    keys = [k for k in shown if k in metrics]
+    out.print(" ".join(f"{k}={metrics[k]:.4f}" if isinstance(metrics[k], float) else f"{k}={metrics[k]}" for k in keys),
+              soft_wrap=True, highlight=False)
+    out.print(f"outputs: {out_dir}/metrics.json, history.jsonl, config.json, checkpoint.safetensors",
+              soft_wrap=True, highlight=False)
+
+
+RECOMMENDER_SHOWN = ("rmse", "mae", "hr@10", "ndcg@10", "sampled_hr@10", "popularity_hr@10", "finetuned_rmse",
+                     "finetuned_hr@10", "rounds", "seconds", "bytes_up", "bytes_down")
+CLASSIFIER_SHOWN = ("accuracy", "personal_accuracy", "majority_accuracy", "loss", "rounds", "seconds", "bytes_up",
+                    "bytes_down")
+
+
+def _run_with_progress(job: Callable[..., dict[str, Any]], description: str, total: int | None, out_dir: Path,
+                       quiet: bool, tensorboard: Path | None) -> dict[str, Any]:
+    """Run a training job under a progress bar (and optional TensorBoard logger); Ctrl-C keeps finished rounds."""
     tensorboard_logger = None
     if tensorboard is not None:
         from fedrec.report.tensorboard import TensorBoardLogger
 
         tensorboard_logger = TensorBoardLogger(tensorboard)  # before the bar: a missing package is one line
-
-    mode = run_config.train.mode
-    label = "round" if mode == "federated" else "epoch"
     # The bar starts once data and checkpoint are loaded, so an input error prints one line only.
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[metric]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                         console=console, disable=quiet)
-    task = progress.add_task(f"{mode} {label}s", total=run_config.train.rounds, metric="")
+    task = progress.add_task(description, total=total, metric="")
 
     def on_start(done: int, total: int) -> None:
         progress.update(task, completed=done, total=total, metric="resumed" if done else "")
@@ -83,7 +109,7 @@ def train(
             tensorboard_logger(record)
 
     try:
-        metrics = run_training(run_config, out_dir, resume=resume, on_round=on_round, on_start=on_start)
+        return job(on_round, on_start)
     except KeyboardInterrupt:
         if progress.live.is_started:
             progress.stop()
@@ -94,13 +120,6 @@ def train(
             progress.stop()
         if tensorboard_logger is not None:
             tensorboard_logger.close()
-    shown = ("rmse", "mae", "hr@10", "ndcg@10", "sampled_hr@10", "popularity_hr@10", "finetuned_rmse", "finetuned_hr@10",
-             "rounds", "seconds", "bytes_up", "bytes_down")
-    keys = [k for k in shown if k in metrics]
-    out.print(" ".join(f"{k}={metrics[k]:.4f}" if isinstance(metrics[k], float) else f"{k}={metrics[k]}" for k in keys),
-              soft_wrap=True, highlight=False)
-    out.print(f"outputs: {out_dir}/metrics.json, history.jsonl, config.json, checkpoint.safetensors",
-              soft_wrap=True, highlight=False)
 
 
 @data_app.command("info")

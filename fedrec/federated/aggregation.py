@@ -60,6 +60,20 @@ class CohortUpdate:
         )
 
 
+def keep_clients(update: CohortUpdate, keep: Tensor) -> CohortUpdate:
+    """The update restricted to the clients where ``keep`` (C,) is true, renumbered in order."""
+    new_position = torch.cumsum(keep.to(torch.int64), 0) - 1
+    rows = keep[update.row_clients]
+    return CohortUpdate(
+        row_items=update.row_items[rows],
+        row_clients=new_position[update.row_clients[rows]],
+        row_counts=update.row_counts[rows],
+        row_deltas={name: value[rows] for name, value in update.row_deltas.items()},
+        dense_deltas={name: value[keep] for name, value in update.dense_deltas.items()},
+        client_sizes=update.client_sizes[keep],
+    )
+
+
 def row_weights(update: CohortUpdate, weighting: RowWeighting) -> Tensor:
     """Weight of each uploaded row: examples touching it, or the client's size."""
     if weighting == "row_count":

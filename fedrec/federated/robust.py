@@ -47,7 +47,8 @@ import torch
 from torch import Tensor
 
 from fedrec.errors import FedrecError
-from fedrec.federated.aggregation import CohortUpdate, RowWeighting, aggregate_dense, aggregate_rows, row_weights
+from fedrec.federated.aggregation import (CohortUpdate, RowWeighting, aggregate_dense, aggregate_rows, keep_clients,
+                                         row_weights)
 from fedrec.models.base import ParamKind, ParamSpec
 
 REJECTION_REASONS: tuple[str, ...] = ("shape", "non_finite", "item_range", "bad_weight", "norm")
@@ -231,20 +232,6 @@ def validate_update(update: CohortUpdate, num_rows: int,
     counts = {name: int((reason == k).sum()) for k, name in enumerate(REJECTION_REASONS)}
     report = ValidationReport(counts, torch.nonzero(~keep).flatten(), torch.nonzero(keep).flatten())
     return keep_clients(update, keep), report
-
-
-def keep_clients(update: CohortUpdate, keep: Tensor) -> CohortUpdate:
-    """The update restricted to the clients where ``keep`` (C,) is true, renumbered in order."""
-    new_position = torch.cumsum(keep.to(torch.int64), 0) - 1
-    rows = keep[update.row_clients]
-    return CohortUpdate(
-        row_items=update.row_items[rows],
-        row_clients=new_position[update.row_clients[rows]],
-        row_counts=update.row_counts[rows],
-        row_deltas={name: value[rows] for name, value in update.row_deltas.items()},
-        dense_deltas={name: value[keep] for name, value in update.dense_deltas.items()},
-        client_sizes=update.client_sizes[keep],
-    )
 
 
 # ---------------------------------------------------------------------------- robust aggregation

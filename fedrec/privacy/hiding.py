@@ -42,7 +42,7 @@ from torch import Tensor
 
 from fedrec.errors import FedrecError
 from fedrec.federated import rng
-from fedrec.federated.aggregation import CohortUpdate, RowWeighting
+from fedrec.federated.aggregation import CohortUpdate, RowWeighting, keep_clients
 from fedrec.federated.cohort import ClientData
 from fedrec.federated.local import LocalTraining
 from fedrec.federated.server import INDEX_BYTES, upload_bytes
@@ -89,20 +89,13 @@ class HidingSettings:
 
 
 def select_clients(update: CohortUpdate, positions: np.ndarray) -> CohortUpdate:
-    """The upload of the clients at these cohort positions, renumbered 0..len(positions)-1."""
+    """The upload of the clients at these (sorted, distinct) cohort positions, renumbered 0..len(positions)-1."""
     positions = np.asarray(positions, dtype=np.int64)
-    new_position = torch.full((update.num_clients,), -1, dtype=torch.int64)
-    new_position[torch.from_numpy(positions)] = torch.arange(len(positions))
-    keep = new_position[update.row_clients] >= 0
-    index = torch.from_numpy(positions)
-    return CohortUpdate(
-        row_items=update.row_items[keep],
-        row_clients=new_position[update.row_clients[keep]],
-        row_counts=update.row_counts[keep],
-        row_deltas={name: value[keep] for name, value in update.row_deltas.items()},
-        dense_deltas={name: value[index] for name, value in update.dense_deltas.items()},
-        client_sizes=update.client_sizes[index],
-    )
+    if np.any(np.diff(positions) <= 0):
+        raise ValueError("select_clients needs sorted, distinct cohort positions")
+    keep = torch.zeros(update.num_clients, dtype=torch.bool)
+    keep[torch.from_numpy(positions)] = True
+    return keep_clients(update, keep)
 
 
 def _client_major(update: CohortUpdate, order: Tensor, items: Tensor, clients: Tensor, counts: Tensor,
