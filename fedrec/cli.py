@@ -43,7 +43,7 @@ def train(
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
     tensorboard: Annotated[Optional[Path], typer.Option("--tensorboard", help="Also log per-round scalars to this TensorBoard folder (needs: pip install tensorboard).")] = None,
 ) -> None:
-    """Train a recommender (federated or centralised), or a classifier for a [task] config, and write its outputs to --out."""
+    """Train a recommender (federated or centralised), or a classifier for a config with a task table, and write its outputs to --out."""
     from fedrec.generic import is_classification_config
 
     overrides = list(set_ or [])
