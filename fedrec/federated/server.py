@@ -143,32 +143,45 @@ def private_aggregate(update: CohortUpdate, shapes: SharedShapes, privacy: Centr
     return {name: value / clients for name, value in noisy.items()}, {}
 
 
+def server_update(model: RecModel, state: ServerState, update: CohortUpdate, settings: FedAvgSettings,
+                  seed: int) -> tuple[ServerState, dict[str, int]]:
+    """The server's half of a round: aggregate the cohort's uploads and step the shared parameters.
+
+    Plain, defended (validation + robust aggregation) or private (central or local DP) aggregation,
+    then the server optimiser. The simulator and the Flower deployment both call this, so a round
+    is the same function in either runtime. ``state.params`` needs only the shared tensors (private
+    rows, when present, pass through untouched). Returns the next state (round advanced) and the
+    defence's rejection counts.
+    """
+    rejected: dict[str, int] = {}
+    privacy_state = state.privacy_state
+    num_items = num_catalogue_items(model)
+    if settings.privacy is not None:
+        deltas, privacy_state = private_aggregate(update, shared_shapes(model), settings.privacy, state, seed)
+    elif update.num_clients == 0:  # nobody sampled or nobody answered: the model stays as it is
+        deltas = {}
+    elif settings.defence is not None:
+        deltas, report = defended_aggregate(update, num_items, settings.row_weighting, settings.defence)
+        rejected = report.rejected
+    else:
+        deltas = aggregate(update, num_items, settings.row_weighting)
+    params, optimizer_state = settings.server.step(state.params, deltas, state.optimizer_state)
+    return ServerState(state.round + 1, params, optimizer_state, privacy_state), rejected
+
+
 def run_round(model: RecModel, state: ServerState, data: ClientData, settings: FedAvgSettings, seed: int,
               eligible: np.ndarray | None = None) -> tuple[ServerState, RoundStats]:
-    """One FedAvg round; the round's randomness is a pure function of (seed, round)."""
+    """One FedAvg round (sample, train locally, :func:`server_update`); the round's randomness is a
+    pure function of (seed, round)."""
     began = time.perf_counter()
     round_index = state.round
     cohort = sample_cohort(data.num_clients, settings.client_fraction, seed, round_index, eligible, settings.sampling)
     train = BACKENDS[settings.backend]
-    privacy_state = state.privacy_state
-    rejected: dict[str, int] = {}
-    if settings.privacy is None:
-        result = train(model, state.params, data, cohort, settings.local, seed, round_index)
-        update = result.update
-        if settings.defence is None:
-            deltas = aggregate(update, num_catalogue_items(model), settings.row_weighting)
-        else:
-            deltas, report = defended_aggregate(update, num_catalogue_items(model), settings.row_weighting,
-                                                 settings.defence)
-            rejected = report.rejected
-    else:
-        shapes = shared_shapes(model)
-        result = train(model, state.params, data, cohort, settings.local, seed, round_index) if len(cohort) else None
-        update = result.update if result is not None else empty_update(shapes)
-        deltas, privacy_state = private_aggregate(update, shapes, settings.privacy, state, seed)
-    params, optimizer_state = settings.server.step(state.params, deltas, state.optimizer_state)
+    result = train(model, state.params, data, cohort, settings.local, seed, round_index) if len(cohort) else None
+    update = result.update if result is not None else empty_update(shared_shapes(model))
+    next_state, rejected = server_update(model, state, update, settings, seed)
     if result is not None:
-        params = write_private_rows(params, result)
+        next_state.params = write_private_rows(next_state.params, result)
     dense_upload = isinstance(settings.privacy, LocalDP)  # noise on every coordinate: the whole shared model travels
     stats = RoundStats(
         clients=len(cohort),
@@ -179,4 +192,4 @@ def run_round(model: RecModel, state: ServerState, data: ClientData, settings: F
         seconds=time.perf_counter() - began,
         rejected=rejected,
     )
-    return ServerState(round_index + 1, params, optimizer_state, privacy_state), stats
+    return next_state, stats

@@ -2,8 +2,8 @@
 
 Each round the server samples the cohort exactly as the simulator does (``sample_cohort`` with the
 same seed and eligibility), sends every live node the shared parameters and the cohort clients it
-holds, merges the uploads into cohort order, and applies the same ``aggregate`` and
-``ServerOptimizer.step``. Same seed, same cohort, same model as ``fedrec train``.
+holds, merges the uploads into cohort order, and applies the same ``server_update``
+(aggregation and server optimiser). Same seed, same cohort, same model as ``fedrec train``.
 
 Nodes are reached through a :class:`Transport` (the Flower Grid in :mod:`fedrec.flower.app`, an
 in-process one in tests). A node that does not answer a round within the timeout is dropped: the
@@ -31,8 +31,8 @@ from torch import Tensor
 
 from fedrec.config import RunConfig, config_to_json
 from fedrec.errors import FedrecError
-from fedrec.federated.aggregation import aggregate
 from fedrec.federated.cohort import sample_cohort
+from fedrec.federated.server import ServerState, server_update
 from fedrec.flower.codec import merge_in_cohort_order, record_to_update, serialized_bytes, tensors_to_record
 from fedrec.flower.node import CLIENTS, INFO, METRICS, RESULT, SHARED, TASK, UPDATE, combine_metrics
 from fedrec.models.base import RecModel, num_catalogue_items
@@ -208,8 +208,9 @@ def run_federation(config: RunConfig, transport: Transport, out_dir: Path, expec
         record: dict[str, Any] = {"round": round_index + 1}
         if parts:
             update = merge_in_cohort_order(parts, num_items)
-            deltas = aggregate(update, num_items, settings.row_weighting)
-            shared, server_state = settings.server.step(shared, deltas, server_state)
+            next_state, _ = server_update(model, ServerState(round_index, shared, server_state), update, settings,
+                                          config.train.seed)
+            shared, server_state = next_state.params, next_state.optimizer_state
             record.update(train_loss=loss_sum / max(steps, 1), clients=update.num_clients)
         else:
             record.update(train_loss=float("nan"), clients=0)
