@@ -29,6 +29,9 @@ class ClientData:
     items: np.ndarray  # (n,) int64
     targets: np.ndarray  # (n,) float32
     user_items: UserItems | None = None  # each user's training items, for negative sampling
+    #: optional (n, L) items each example carries before its own item (e.g. the user's previous
+    #: items, oldest first); entries < 0 are padding. See :func:`slot_items`.
+    history: np.ndarray | None = None
 
     @property
     def num_clients(self) -> int:
@@ -81,8 +84,43 @@ def sample_cohort(num_clients: int, fraction: float, seed: int, round_index: int
         return candidates
     size = max(1, int(round(fraction * num_clients)))
     keys = rng.hash64(seed, rng.STREAM_COHORT, round_index, candidates)
-    chosen = candidates[np.argsort(keys, kind="stable")[:size]]
-    return np.sort(chosen)
+    return candidates[smallest_keys(keys, size)]
+
+
+def smallest_keys(keys: np.ndarray, count: int) -> np.ndarray:
+    """Positions (ascending) of the ``count`` smallest keys, ties going to the earlier position.
+
+    The same set as the first ``count`` of a stable argsort, found by a partition in time linear in
+    ``len(keys)`` (a full sort of a 10^6-client population is what a round would otherwise pay).
+    """
+    if count >= len(keys):
+        return np.arange(len(keys))
+    if count <= 0:
+        return np.zeros(0, dtype=np.int64)
+    threshold = np.partition(keys, count - 1)[count - 1]
+    below = np.flatnonzero(keys < threshold)
+    ties = np.flatnonzero(keys == threshold)[:count - len(below)]
+    return np.sort(np.concatenate([below, ties]))
+
+
+def order_within_groups(groups: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """``np.lexsort((keys, groups))`` for non-negative int ``groups`` and uint64 ``keys``, with one sort.
+
+    Sorts the group in the high bits and the key's top bits below it; only if two such numbers tie
+    (vanishingly rare for hashed keys) does it fall back to the two-key sort, so the order is always exact.
+    """
+    if len(groups) == 0:
+        return np.zeros(0, dtype=np.int64)
+    bits = int(groups.max()).bit_length()
+    if bits > 32:
+        return np.lexsort((keys, groups))
+    combined = (groups.astype(np.uint64) << np.uint64(64 - bits)) | (keys.astype(np.uint64) >> np.uint64(bits)) \
+        if bits else keys.astype(np.uint64)
+    order = np.argsort(combined)
+    ordered = combined[order]
+    if np.any(ordered[1:] == ordered[:-1]):
+        return np.lexsort((keys, groups))
+    return order
 
 
 def shuffle_keys(seed: int, round_index: int, clients: np.ndarray, epoch: int, positions: np.ndarray) -> np.ndarray:
@@ -132,7 +170,7 @@ def local_schedule(examples: CohortExamples, cohort: np.ndarray, epochs: int, ba
     np.cumsum(sizes[:-1], out=first[1:])
     for epoch in range(epochs):
         keys = shuffle_keys(seed, round_index, cohort[pos], epoch, examples.position_in_client)
-        order = np.lexsort((keys, pos))  # by client, then key
+        order = order_within_groups(pos, keys)  # by client, then key
         rank = np.empty_like(order)
         rank[order] = np.arange(len(order)) - first[pos[order]]
         batch = rank // batch_size
@@ -142,7 +180,8 @@ def local_schedule(examples: CohortExamples, cohort: np.ndarray, epochs: int, ba
         parts_epoch.append(np.full(len(pos), epoch))
         parts_weight.append(1.0 / batch_len)
     step = np.concatenate(parts_step)
-    order = np.argsort(step, kind="stable")
+    narrow = np.int16 if len(step) and step.max() < np.iinfo(np.int16).max else np.int64
+    order = np.argsort(step.astype(narrow), kind="stable")  # int16: numpy's linear-time radix sort
     step = step[order]
     num_steps = int(step[-1]) + 1 if len(step) else 0
     bounds = np.searchsorted(step, np.arange(num_steps + 1))
@@ -160,8 +199,14 @@ def slot_items(data: ClientData, example_index: np.ndarray, negatives: int, seed
 
     ``clients``, ``epochs`` and ``positions`` (position of the example within its client) key the
     negative draws, so a client draws the same negatives in every backend.
+    With ``data.history``, its L items come first: (n, L + 1 + negatives). A padding entry (< 0)
+    becomes the example's own item, so padding touches no row the example does not already touch
+    (the model masks those slots out; it learns which from the example's target).
     """
     own = data.items[example_index][:, None]
+    if data.history is not None:
+        history = data.history[example_index]
+        own = np.concatenate([np.where(history < 0, own, history), own], axis=1)  # (n, L + 1)
     if negatives == 0:
         return own
     if data.user_items is None:
