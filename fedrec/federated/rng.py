@@ -9,13 +9,18 @@ makes their exact equivalence testable, and a resumed run sees exactly the draws
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
+import torch
 
 # Stream identifiers keep unrelated draws independent.
 STREAM_COHORT = 1
 STREAM_SHUFFLE = 2
 STREAM_NEGATIVES = 3
 STREAM_DROPOUT = 4
+STREAM_TORCH = 21  # the seed of torch's own generator during a round's local training (model dropout)
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -42,3 +47,15 @@ def hash64(*counters: int | np.ndarray) -> np.ndarray:
 def uniform01(*counters: int | np.ndarray) -> np.ndarray:
     """Uniform floats in [0, 1) from counters (53 random bits)."""
     return (hash64(*counters) >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
+@contextmanager
+def seeded_torch(seed: int, round_index: int) -> Iterator[None]:
+    """Run a block with torch's global generator seeded from (seed, round), restoring it afterwards.
+
+    Models that draw from torch's generator (dropout in the sequence model) then repeat exactly in a
+    fresh run, a resumed run and a Flower node.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(hash64(seed, STREAM_TORCH, round_index) >> np.uint64(1)))
+        yield

@@ -47,13 +47,14 @@ def train_epoch(model: RecModel, params: dict[str, Tensor], optimizer: torch.opt
     targets = torch.from_numpy(train.targets)
     total = 0.0
     batches = 0
-    for begin in range(0, n, batch_size):
-        batch = torch.from_numpy(order[begin:begin + batch_size])
-        rows = gather_rows(model, params, users[batch], items[batch])
-        loss = model.example_loss(rows, ExampleBatch(targets[batch].unsqueeze(0))).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total += float(loss.detach())
-        batches += 1
+    with rng.seeded_torch(seed, epoch):  # model dropout repeats in a resumed run
+        for begin in range(0, n, batch_size):
+            batch = torch.from_numpy(order[begin:begin + batch_size])
+            rows = gather_rows(model, params, users[batch], items[batch])
+            loss = model.example_loss(rows, ExampleBatch(targets[batch].unsqueeze(0))).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach())
+            batches += 1
     return total / max(batches, 1)
