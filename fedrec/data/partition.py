@@ -1,7 +1,9 @@
-"""Which users belong to which federated client: one per user (cross-device) or silos (cross-silo)."""
+"""Which users belong to which federated client: one per user (cross-device), silos by a user feature,
+random silos, or Dirichlet silos skewed over item categories (cross-silo)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -120,3 +122,68 @@ def zip_region(zips: np.ndarray) -> np.ndarray:
     text = np.char.strip(np.asarray(zips).astype(str))
     first = np.array([z[:1] for z in text.tolist()], dtype=object)
     return np.where([f.isdigit() for f in first], first, "intl").astype(str)
+
+
+# Silo features a dataset does not store but derives from one it does.
+DERIVED_SILO_FEATURES = {"zip_region": ("zip", zip_region)}
+
+
+def silo_feature_values(user_features: dict[str, np.ndarray], feature: str, dataset: str = "the dataset") -> np.ndarray:
+    """One value per user of a silo feature: a stored user feature, or a derived one (``zip_region``)."""
+    if feature in user_features:
+        return user_features[feature]
+    if feature in DERIVED_SILO_FEATURES and DERIVED_SILO_FEATURES[feature][0] in user_features:
+        source, derive = DERIVED_SILO_FEATURES[feature]
+        return derive(user_features[source])
+    derivable = [name for name, (source, _) in DERIVED_SILO_FEATURES.items() if source in user_features]
+    available = ", ".join(sorted([*user_features, *derivable])) or "none"
+    raise FedrecError(f"data.silo_feature={feature!r} is not a user feature of {dataset}; available: {available}")
+
+
+_GENRES = re.compile(r"Genres:\s*(.+?)\.?\s*$")
+
+
+def item_categories_from_texts(texts: list[str]) -> tuple[np.ndarray, list[str]]:
+    """(num_items, G) 0/1 category flags read from item texts' "Genres: A, B" part, and the category names.
+
+    MovieLens and the synthetic data describe each item's genres that way (fedrec/data/movielens.py).
+    """
+    per_item = []
+    for text in texts:
+        match = _GENRES.search(text or "")
+        per_item.append([g.strip() for g in match.group(1).split(",") if g.strip()] if match else [])
+    names = sorted({g for genres in per_item for g in genres})
+    column = {name: k for k, name in enumerate(names)}
+    flags = np.zeros((len(texts), len(names)), dtype=np.float32)
+    for item, genres in enumerate(per_item):
+        flags[item, [column[g] for g in genres]] = 1.0
+    return flags, names
+
+
+def dominant_category(users: np.ndarray, items: np.ndarray, item_categories: np.ndarray, num_users: int) -> np.ndarray:
+    """Each user's most frequent item category among its interactions (ties: lowest index; -1: none)."""
+    counts = np.zeros((num_users, item_categories.shape[1]))
+    np.add.at(counts, np.asarray(users, dtype=np.int64), item_categories[np.asarray(items, dtype=np.int64)])
+    return np.where(counts.sum(1) > 0, counts.argmax(1), -1).astype(np.int64)
+
+
+def dirichlet_silos(labels: np.ndarray, num_silos: int, alpha: float, seed: int, attempts: int = 100) -> Partition:
+    """Cross-silo with label skew: users grouped by a category label (e.g. their dominant item genre;
+    -1 counts as one more category), each category's users shared among ``num_silos`` silos in
+    proportions drawn from Dirichlet(alpha) (Hsu et al., 2019). Redrawn until no silo is empty."""
+    from fedrec.generic.data import assign_by_proportions, dirichlet_proportions  # the same draws as the generic API
+
+    labels = np.asarray(labels, dtype=np.int64)
+    if not 1 <= num_silos <= len(labels):
+        raise FedrecError(f"data.num_silos={num_silos} must be between 1 and the number of users ({len(labels)})")
+    if alpha <= 0:
+        raise FedrecError(f"data.dirichlet_alpha={alpha} must be positive (e.g. 0.5)")
+    classes = np.unique(labels, return_inverse=True)[1].reshape(-1)  # -1 and the used categories as 0..K-1
+    num_classes = int(classes.max()) + 1
+    for attempt in range(attempts):
+        draw_seed = seed + attempt * 7919
+        owner = assign_by_proportions(classes, dirichlet_proportions(num_classes, num_silos, alpha, draw_seed), draw_seed)
+        if np.bincount(owner, minlength=num_silos).min() >= 1:
+            return Partition.from_assignment(owner)
+    raise FedrecError(f"a Dirichlet(alpha={alpha}) split left a silo without users in {attempts} draws; "
+                      "raise data.dirichlet_alpha or lower data.num_silos")

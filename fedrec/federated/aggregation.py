@@ -10,11 +10,17 @@ of the clients that hold data about that row. Plain FedAvg weighting stays avail
 
 Dense tensors are averaged over the cohort, weighted by each client's number of examples (FedAvg,
 McMahan et al. 2017).
+
+Imbalance handling (``client_weighting``): a client's influence can be its example count (FedAvg's
+default), uniform (every client counts once), or sqrt of its count (in between). It is applied by
+scaling each client's size and row counts by a factor (:func:`weigh_clients`), so every row
+weighting above and every aggregator downstream sees the reweighted cohort. Late (straggling)
+clients are down-weighted the same way (fedrec/federated/participation.py).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -72,6 +78,35 @@ def keep_clients(update: CohortUpdate, keep: Tensor) -> CohortUpdate:
         dense_deltas={name: value[keep] for name, value in update.dense_deltas.items()},
         client_sizes=update.client_sizes[keep],
     )
+
+
+ClientWeighting = Literal["examples", "uniform", "sqrt"]
+
+
+def client_factors(client_sizes: Tensor, weighting: ClientWeighting) -> Tensor:
+    """Factor on each client's weight so its total weight becomes n (examples), 1 (uniform) or sqrt(n)."""
+    sizes = client_sizes.clamp_min(torch.finfo(client_sizes.dtype).tiny)
+    if weighting == "examples":
+        return torch.ones_like(client_sizes)
+    if weighting == "uniform":
+        return 1.0 / sizes
+    return sizes.rsqrt()
+
+
+def weigh_clients(update: CohortUpdate, weighting: ClientWeighting = "examples",
+                  extra: Tensor | None = None) -> CohortUpdate:
+    """The update with client c's size and row counts scaled by its weighting factor times ``extra[c]``.
+
+    ``extra`` (C,) are further per-client weights (e.g. stragglers' down-weighting). With the default
+    weighting and no ``extra``, the update is returned as it is.
+    """
+    if weighting == "examples" and extra is None:
+        return update
+    factors = client_factors(update.client_sizes, weighting)
+    if extra is not None:
+        factors = factors * extra.to(factors.dtype)
+    return replace(update, row_counts=update.row_counts * factors[update.row_clients],
+                   client_sizes=update.client_sizes * factors)
 
 
 def row_weights(update: CohortUpdate, weighting: RowWeighting) -> Tensor:

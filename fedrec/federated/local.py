@@ -14,12 +14,19 @@ from fedrec.models.base import ParamKind, RecModel
 
 @dataclass(frozen=True)
 class LocalTraining:
-    """Client-side SGD: ``epochs`` passes over the client's examples in shuffled batches."""
+    """Client-side SGD: ``epochs`` passes over the client's examples in shuffled batches.
+
+    ``prox_mu`` > 0 is FedProx (Li et al., 2020, "Federated Optimization in Heterogeneous Networks"):
+    every local step minimises the batch loss + mu/2 ||w - w_start||^2 over the shared parameters the
+    client trains (its copies of item rows and of dense tensors; ``w_start`` is the global model it
+    received). Private rows are the client's own and are not pulled towards anything.
+    """
 
     epochs: int = 1
     lr: float = 0.05
     batch_size: int = 32
     private_lr: float | None = None  # learning rate of the private rows (user vectors); None: same as lr
+    prox_mu: float = 0.0  # FedProx proximal coefficient (0: plain local SGD)
 
     def lr_of(self, private: bool) -> float:
         return self.private_lr if private and self.private_lr is not None else self.lr
@@ -49,3 +56,27 @@ def local_copies(model: RecModel, params: dict[str, Tensor], users: np.ndarray, 
         else:
             start[spec.name] = params[spec.name].unsqueeze(0).expand(num_clients, *spec.shape)
     return start
+
+
+def proximal_term(local: dict[str, Tensor], start: dict[str, Tensor], shared_names: list[str], mu: float) -> Tensor:
+    """FedProx's mu/2 * sum ||local - start||^2 over the shared tensors (a scalar to add to a loss)."""
+    total = torch.zeros(())
+    for name in shared_names:
+        total = total + (local[name] - start[name]).pow(2).sum()
+    return 0.5 * mu * total
+
+
+def proximal_step(model: RecModel, tables: dict[str, Tensor], start: dict[str, Tensor], clients: Tensor,
+                  row_clients: Tensor, step: float) -> None:
+    """FedProx's gradient step in place, for a cohort trained in lockstep (step = lr * mu).
+
+    Every shared copy held by one of ``clients`` (cohort positions taking a local step now) moves by
+    ``-step * (copy - start)``: all its item-row copies (``row_clients`` (R,) names each row's client)
+    and its dense copies ((C, *shape) tables). Private rows are left alone.
+    """
+    rows = {ParamKind.SHARED_ROWS: torch.nonzero(torch.isin(row_clients, clients)).reshape(-1),
+            ParamKind.SHARED_DENSE: clients}
+    for spec in model.param_specs():
+        if spec.kind in rows:
+            index = rows[spec.kind]
+            tables[spec.name].index_add_(0, index, tables[spec.name][index] - start[spec.name][index], alpha=-step)

@@ -4,12 +4,14 @@ After training, every client starts from the global model, runs a few local epoc
 training examples (shared parts included) and keeps the result for itself; nothing is uploaded.
 It is evaluated with its own copy. The vectorised backend produces every client's copy at once as
 a :class:`~fedrec.federated.local.CohortResult`; :func:`personal_rows` reads a user's copy from it.
+The seeds' mixing step, theta_i <- theta_g + beta (theta_i - theta_g), interpolates each fine-tuned
+copy with the model it started from (``mix_beta``; 1 keeps the fine-tuned copy, 0 the global model).
 (The other personalisation, a private score head, is a model setting: see ``NCF(private_head)``.)
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -33,15 +35,30 @@ class Personalization:
 
 
 def finetune(model: RecModel, params: dict[str, Tensor], data: ClientData, client_of_user: np.ndarray,
-             local: LocalTraining, seed: int) -> Personalization:
-    """Fine-tune every client that has training data, starting from the global ``params``."""
+             local: LocalTraining, seed: int, mix_beta: float = 1.0) -> Personalization:
+    """Fine-tune every client that has training data, starting from the global ``params``, then mix
+    each copy with its start by ``mix_beta`` (see :func:`mix_with_start`)."""
     cohort = np.flatnonzero(data.sizes > 0)
     result = train_cohort_vectorized(model, params, data, cohort, local, seed, FINETUNE_ROUND)
+    if mix_beta != 1.0:
+        result = mix_with_start(result, params, mix_beta)
     position_of_client = np.full(data.num_clients, -1, dtype=np.int64)
     position_of_client[cohort] = np.arange(len(cohort))
     num_items = num_catalogue_items(model)
     keys = result.update.row_clients.numpy() * num_items + result.update.row_items.numpy()
     return Personalization(result, position_of_client[client_of_user], keys)
+
+
+def mix_with_start(result: CohortResult, params: dict[str, Tensor], beta: float) -> CohortResult:
+    """Every fine-tuned copy moved to theta_start + beta (theta_tuned - theta_start).
+
+    theta_start is the global model for the shared parts (their deltas are scaled by beta) and the
+    client's own trained row for its private rows, so beta = 0 gives back the model before fine-tuning.
+    """
+    update = replace(result.update, row_deltas={n: beta * d for n, d in result.update.row_deltas.items()},
+                     dense_deltas={n: beta * d for n, d in result.update.dense_deltas.items()})
+    private = {name: torch.lerp(params[name][result.users], rows, beta) for name, rows in result.private_rows.items()}
+    return replace(result, update=update, private_rows=private)
 
 
 def personal_rows(model: RecModel, params: dict[str, Tensor], personal: Personalization, users: Tensor,

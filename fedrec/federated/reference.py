@@ -11,7 +11,7 @@ import torch
 
 from fedrec.federated.aggregation import CohortUpdate
 from fedrec.federated.cohort import ClientData, shuffle_keys, slot_items
-from fedrec.federated.local import CohortResult, LocalTraining, local_copies
+from fedrec.federated.local import CohortResult, LocalTraining, local_copies, proximal_term
 from fedrec.models.base import ExampleBatch, ParamKind, RecModel
 from torch import Tensor
 
@@ -39,6 +39,7 @@ def train_client(model: RecModel, params: dict[str, Tensor], data: ClientData, c
     optimizer = torch.optim.SGD(
         [{"params": [value], "lr": local.lr_of(name in private)} for name, value in local_params.items()], lr=local.lr)
     user_row_t, item_row_t = torch.from_numpy(user_row), torch.from_numpy(item_row)
+    shared = [name for name in local_params if name not in private]
 
     loss_sum, steps = 0.0, 0
     for epoch in range(local.epochs):
@@ -55,8 +56,9 @@ def train_client(model: RecModel, params: dict[str, Tensor], data: ClientData, c
                 else:
                     rows[spec.name] = value  # (1, *shape): the client's one copy
             loss = model.example_loss(rows, ExampleBatch(targets[batch].unsqueeze(0))).mean()
+            objective = loss + proximal_term(local_params, start, shared, local.prox_mu) if local.prox_mu else loss
             optimizer.zero_grad()
-            loss.backward()
+            objective.backward()
             optimizer.step()
             loss_sum += float(loss.detach())
             steps += 1

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from fedrec.federated.aggregation import CohortUpdate
 from fedrec.federated.cohort import ClientData, cohort_examples, local_schedule, slot_items
-from fedrec.federated.local import CohortResult, LocalTraining, local_copies
+from fedrec.federated.local import CohortResult, LocalTraining, local_copies, proximal_step
 from fedrec.models.base import ExampleBatch, ParamKind, RecModel
 
 
@@ -79,6 +79,8 @@ def train_cohort_vectorized(model: RecModel, params: dict[str, Tensor], data: Cl
         loss = (model.example_loss(rows, ExampleBatch(targets[padded_copy])) * step_weights).sum()
         grads = torch.autograd.grad(loss, leaves)
         with torch.no_grad():
+            if local.prox_mu:  # FedProx: the stepping clients' shared copies move towards the global model too
+                proximal_step(model, tables, start, group_client[g_lo:g_hi], torch.from_numpy(row_clients), local.lr * local.prox_mu)
             for spec, grad in zip(specs, grads):
                 index = step_index[spec.kind].reshape(-1)
                 lr = local.lr_of(spec.kind is ParamKind.PRIVATE_ROWS)
