@@ -29,6 +29,7 @@ from torch import Tensor
 
 from fedrec.data.dataset import Interactions, Split
 from fedrec.errors import FedrecError
+from fedrec.eval.exposure import ExposureTask, exposure_ratio, exposure_task
 from fedrec.eval.ranking import RankingTask, full_ranking_metrics, ranking_task, sample_negatives, sampled_ranking_metrics
 from fedrec.eval.rating import rating_metrics
 from fedrec.federated.personalize import Personalization, personal_rows, personal_scores
@@ -116,6 +117,8 @@ class Evaluator:
     cold_unsupported: str | None = None  # why the model cannot score held-out items (then no cold numbers)
     _parts: dict[str, _Part] = field(default_factory=dict)
     _cold_task: ColdStartTask | None = None
+    exposure_targets: np.ndarray | None = None  # target items of an attack: er@5, er@10 (fedrec/eval/exposure.py)
+    _exposure: ExposureTask | None = None
 
     def __post_init__(self) -> None:
         if not self.ranking:
@@ -139,6 +142,10 @@ class Evaluator:
             task = ranking_task(held_out, exclude, num_items)
             negatives = sample_negatives(task, self.sampled_negatives, self.seed) if self.sampled_negatives else None
             self._parts[name] = _Part(task, negatives)
+        if self.exposure_targets is not None:  # benign users, ranked as in the test ranking
+            exclude = [self.split.train] + ([self.split.validation] if self.split.validation is not None else [])
+            self._exposure = exposure_task(np.unique(self.split.train.users), self.exposure_targets, exclude,
+                                           [self.split.test], num_items)
 
     def _ranking(self, score_users, score_pairs, part: _Part, prefix: str) -> dict[str, float]:
         metrics = full_ranking_metrics(score_users, part.task, self.ks)
@@ -178,6 +185,8 @@ class Evaluator:
         metrics.update(self._ranking(score_users, score_pairs, self._parts["test"], prefix))
         if personal is None:
             metrics.update(self.cold_start(score_users))
+            if self._exposure is not None:
+                metrics.update(exposure_ratio(score_users, self._exposure))
         return metrics
 
     def cold_start(self, score_users: Callable[[Tensor], Tensor]) -> dict[str, Any]:
