@@ -14,10 +14,14 @@ import torch
 from flwr.app import ArrayRecord, RecordDict
 from torch import Tensor
 
+from fedrec.errors import FedrecError
 from fedrec.federated.aggregation import CohortUpdate
+from fedrec.federated.compression import Compression, EncodedUpload, UploadLayout, decode_upload
+from fedrec.models.base import RecModel
 
 ROW_ITEMS, ROW_CLIENTS, ROW_COUNTS, CLIENT_SIZES = "row_items", "row_clients", "row_counts", "client_sizes"
 ROW_PREFIX, DENSE_PREFIX = "row/", "dense/"
+COMPRESSED_PREFIX = "compressed/"  # a compressed upload's arrays (fedrec/federated/compression.py)
 
 
 def tensors_to_record(tensors: dict[str, Tensor]) -> ArrayRecord:
@@ -54,6 +58,25 @@ def record_to_update(record: ArrayRecord) -> CohortUpdate:
         dense_deltas={k[len(DENSE_PREFIX):]: v for k, v in tensors.items() if k.startswith(DENSE_PREFIX)},
         client_sizes=tensors[CLIENT_SIZES],
     )
+
+
+def encoded_to_record(encoded: EncodedUpload) -> ArrayRecord:
+    """A node's compressed upload as one ArrayRecord: the payload's arrays, dtypes kept (int8, int32, float32)."""
+    return tensors_to_record({COMPRESSED_PREFIX + name: torch.from_numpy(np.ascontiguousarray(array))
+                              for name, array in encoded.arrays().items()})
+
+
+def record_to_upload(record: ArrayRecord, model: RecModel, compression: Compression | None) -> CohortUpdate:
+    """The CohortUpdate a node sent: as it is, or decoded from its compressed payload."""
+    tensors = record_to_tensors(record)
+    compressed = any(name.startswith(COMPRESSED_PREFIX) for name in tensors)
+    if compressed != (compression is not None):
+        raise FedrecError("a SuperNode's upload is " + ("compressed" if compressed else "not compressed") +
+                          " but the server's job says otherwise; give the nodes and the server the same [compression]")
+    if compression is None:
+        return record_to_update(record)
+    arrays = {name[len(COMPRESSED_PREFIX):]: value.numpy() for name, value in tensors.items()}
+    return decode_upload(EncodedUpload.from_arrays(arrays), UploadLayout.of(model), compression)
 
 
 def serialized_bytes(content: RecordDict | ArrayRecord) -> int:
