@@ -10,8 +10,13 @@ whole round. Bytes count every message a client sends (up) or receives (down), a
 per float for the plain upload. Additive homomorphic encryption (Paillier, 2048-bit key, packed
 fixed point; fedrec/privacy/he.py) is timed per parameter on 3 silos (--no-he skips it).
 
-    python bench/bench_secagg.py                      # 10, 100, 1,000 clients; writes BENCHMARKS.md
-    python bench/bench_secagg.py --quick --no-write   # smoke run: small cohorts, short vectors
+A second table times ``fedrec train`` rounds of configs/ml100k-mf-fedavg.toml (943 clients, MF dim 128)
+with and without ``privacy.secure_aggregation=true``: seconds per round, the protocol's share
+(``secagg_seconds`` in history.jsonl), measured bytes up per client, and the largest difference
+between the two models (fixed-point precision). Needs $FEDREC_DATA (--no-train skips it).
+
+    FEDREC_DATA=../shared/data python bench/bench_secagg.py   # 10, 100, 1,000 clients + training rounds
+    python bench/bench_secagg.py --quick --no-write   # smoke run: small cohorts, short vectors, tiny synthetic job
 """
 
 from __future__ import annotations
@@ -65,6 +70,40 @@ def he_section(length: int, key_bits: int, mf_length: int) -> str:
             f"(plain float32: {4 * mf_length / 1e6:.1f} MB).\n")
 
 
+def train_section(config: Path, overrides: list[str], rounds: int) -> str:
+    """Rounds of ``fedrec train`` with and without secure aggregation: time, protocol share, bytes, model difference."""
+    import json
+    import tempfile
+
+    from safetensors.torch import load_file
+
+    from fedrec.config import load_config
+    from fedrec.runtime.trainer import train
+
+    runs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, extra in (("plain", []), ("secure aggregation", ["privacy.secure_aggregation=true"])):
+            out = Path(tmp) / name.replace(" ", "_")
+            metrics = train(load_config(config, [*overrides, f"train.rounds={rounds}", f"train.eval_every={rounds}",
+                                                 *extra]), out)
+            lines = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+            params = {k: v for k, v in load_file(out / "checkpoint.safetensors").items() if k.startswith("param/")}
+            runs[name] = (metrics, lines, params)
+    plain, secure = runs["plain"], runs["secure aggregation"]
+    difference = max(float((plain[2][k] - secure[2][k]).abs().max()) for k in plain[2])
+    rows = ["| training round | seconds / round | of which protocol | clients | bytes up / client / round | test RMSE |",
+            "|---|---:|---:|---:|---:|---:|"]
+    for name, (metrics, lines, _) in runs.items():
+        seconds = metrics["seconds"] / rounds
+        protocol = np.mean([line.get("secagg_seconds", 0.0) for line in lines])
+        clients = np.mean([line["clients"] for line in lines])
+        up = np.mean([line["bytes_up"] / line["clients"] for line in lines])
+        rows.append(f"| {name} | {seconds:.1f} | {protocol:.1f} | {clients:,.0f} | {up:,.0f} | {metrics['rmse']:.4f} |")
+    return (f"`fedrec train {config.name}` for {rounds} rounds, with and without `--set privacy.secure_aggregation=true` "
+            f"(all parties simulated in one process):\n\n" + "\n".join(rows) +
+            f"\n\nLargest difference between the two models' parameters: {difference:.1e} (fixed point, 24 fraction bits).\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cohorts", type=int, nargs="+", default=[10, 100, 1000])
@@ -74,9 +113,15 @@ def main() -> None:
     parser.add_argument("--no-he", action="store_true", help="skip the Paillier timing (fedrec/privacy/he.py)")
     parser.add_argument("--quick", action="store_true", help="smoke run: cohorts 10 and 30, 1,000 floats")
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
+    parser.add_argument("--no-train", action="store_true", help="skip the fedrec train rounds (needs $FEDREC_DATA)")
+    parser.add_argument("--train-rounds", type=int, default=2)
     args = parser.parse_args()
+    root = Path(__file__).resolve().parent.parent
+    train_config, train_overrides = root / "configs/ml100k-mf-fedavg.toml", []
     if args.quick:
         args.cohorts, args.length, args.he_length = [10, 30], 1000, 50
+        train_config = root / "configs/default.toml"
+        train_overrides = ["data.num_users=40", "data.num_items=60", "model.dim=4"]
 
     rows = []
     for n in args.cohorts:
@@ -97,6 +142,8 @@ def main() -> None:
             f"t = ceil(k/2). Dropped clients: half before sending input, half after.\n\n" + "\n".join(table) + "\n")
     if not args.no_he:
         body += "\n" + he_section(args.he_length, 2048, MF_UPLOAD)
+    if not args.no_train:
+        body += "\n" + train_section(train_config, train_overrides, args.train_rounds)
     print(body)
     if not args.no_write:
         write_section("secagg", "Secure aggregation: added cost per client per round", body)

@@ -4,7 +4,14 @@ The audit runs the configured federated job round by round (the same pieces as
 :func:`fedrec.federated.server.run_round`: ``sample_cohort``, a backend from ``BACKENDS``, the
 aggregate, ``ServerOptimizer``), applies the chosen hiding (:mod:`fedrec.privacy.hiding`) to every
 upload, and records what the server observes in the last ``observe_rounds`` rounds: each client's
-rows (plain, dense or with pseudo-items), or with secure aggregation only the cohort's sums.
+rows (plain, dense or with pseudo-items), or with secure aggregation only the cohort's sums. Under
+secure aggregation the observed rounds run the real protocol (:func:`fedrec.privacy.upload.cohort_upload`:
+fixed-point client vectors, masks, Shamir shares, unmasking) and the server steps from its decoded sum;
+the other rounds add the same vectors in the clear, which gives the same model to fixed-point
+precision (tests/test_private_train.py) at a fraction of the cost. ``bytes_up_per_round`` is measured
+over the rounds whose messages were counted (with secure aggregation: the protocol rounds). With
+``[privacy]`` DP in the config the server aggregates with it (central DP does not hide the uploads
+from the server; secure aggregation does).
 
 **Item inference.** For every audited client and item the attacker forms scores from what it saw,
 averaged over the observed rounds the client took part in (each also negated: a score that ranks
@@ -50,7 +57,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -61,17 +68,18 @@ from torch import Tensor
 from fedrec.config import RunConfig
 from fedrec.errors import FedrecError
 from fedrec.federated import rng
-from fedrec.federated.aggregation import CohortUpdate, RowWeighting, aggregate_dense, aggregate_rows, row_weights
+from fedrec.federated.aggregation import CohortUpdate, RowWeighting, aggregate_rows, row_weights
 from fedrec.federated.cohort import ClientData, sample_cohort
 from fedrec.federated.local import LocalTraining
-from fedrec.federated.server import BACKENDS, FedAvgSettings, write_private_rows
+from fedrec.federated.server import BACKENDS, FedAvgSettings, shared_shapes, write_private_rows
+from fedrec.privacy.cohort_sum import CohortSum, aggregate_sum, contributions, sum_layout
+from fedrec.privacy.dp import noise_generator
 from fedrec.models.base import ParamKind, RecModel, num_catalogue_items
-from fedrec.privacy.hiding import (HidingSettings, apply_hiding, dense_upload_bytes, hidden_upload_bytes, select_clients,
+from fedrec.privacy.hiding import (HidingSettings, apply_hiding, client_chunks, hidden_upload_bytes, select_clients,
                                    virtual_example_values)
 
 STREAM_AUDITED = 103  # which clients are audited when there are more than ``max_clients``
 SCORERS: tuple[str, ...] = ("membership", "norm", "count", "direction")
-ROW_BUDGET = 1 << 16  # rows per chunk of clients when hiding (bounds the memory of dense uploads)
 
 
 @dataclass(frozen=True)
@@ -122,13 +130,6 @@ class RowSums:
         return {name: value / scale.reshape(-1, *[1] * (value.dim() - 1)) for name, value in self.numerators.items()}
 
 
-def client_chunks(update: CohortUpdate, num_items: int, hiding: HidingSettings) -> list[np.ndarray]:
-    """Cohort positions in chunks small enough that a chunk's hidden upload stays near ROW_BUDGET rows."""
-    per_client = num_items if hiding.mode != "none" else max(1, int(update.row_items.shape[0]) // max(update.num_clients, 1))
-    size = max(1, ROW_BUDGET // per_client)
-    return [np.arange(lo, min(lo + size, update.num_clients)) for lo in range(0, update.num_clients, size)]
-
-
 # -- what the server sees, as scores --------------------------------------------------------------------
 
 
@@ -174,10 +175,11 @@ class ItemObservations:
         np.add.at(self.scores["direction"], (target, items), (norm > 0) if direction is None else direction[keep])
         self.rounds_seen[rows] += 1
 
-    def add_sums(self, sums: RowSums, clients: np.ndarray) -> None:
-        """Secure aggregation: every client of the cohort gets the same guess, the items' summed weights."""
+    def add_sums(self, sums: RowSums | np.ndarray, clients: np.ndarray) -> None:
+        """Secure aggregation: every client of the cohort gets the same guess, the items' summed weights
+        (or any per-item score from the sums, :func:`sum_guess`)."""
         _, rows = self.audited_rows(clients)
-        guess = sums.weights.double().numpy()
+        guess = sums.weights.double().numpy() if isinstance(sums, RowSums) else np.asarray(sums, dtype=np.float64)
         for scorer in SCORERS:
             self.scores[scorer][rows] += guess
         self.rounds_seen[rows] += 1
@@ -189,6 +191,15 @@ class ItemObservations:
         """(rows of audited clients seen at least once, each scorer's mean score over their rounds)."""
         seen = np.flatnonzero(self.rounds_seen > 0)
         return seen, {s: v[seen] / self.rounds_seen[seen, None] for s, v in self.scores.items()}
+
+
+def sum_guess(cohort_sum: CohortSum) -> np.ndarray:
+    """The server's per-item score from a round's sum: the summed row weights, or (DP layouts carry none)
+    the norm of each item's summed delta."""
+    if cohort_sum.row_weights is not None:
+        return cohort_sum.row_weights.numpy()
+    squared = sum(v.reshape(v.shape[0], -1).square().sum(1) for v in cohort_sum.row_sums.values())
+    return squared.sqrt().numpy()
 
 
 def mf_direction_scores(update: CohortUpdate, params: dict[str, Tensor], local: LocalTraining, l2: float) -> np.ndarray:
@@ -413,7 +424,8 @@ def run_audit(config: RunConfig, audit: AuditSettings, on_round: Callable[[int, 
     sent, and the ``audit_*`` results.
     """
     from fedrec.runtime.experiment import prepare
-    from fedrec.runtime.trainer import fedavg_settings
+    from fedrec.privacy.upload import cohort_upload
+    from fedrec.runtime.trainer import fedavg_settings, privacy_settings, secure_aggregation_settings
 
     if config.train.mode != "federated":
         raise FedrecError("fedrec audit attacks federated uploads; set train.mode=federated")
@@ -424,9 +436,15 @@ def run_audit(config: RunConfig, audit: AuditSettings, on_round: Callable[[int, 
     began = time.perf_counter()
     exp = prepare(config)
     model, data, seed = exp.model, exp.clients, config.train.seed
-    settings: FedAvgSettings = fedavg_settings(config)
-    num_items = num_catalogue_items(model)
     eligible = data.sizes > 0
+    settings: FedAvgSettings = fedavg_settings(config, privacy_settings(config, int(eligible.sum())))
+    secure = replace(settings, hiding=audit.hiding,
+                     secure_aggregation=secure_aggregation_settings(config.model_copy(update={
+                         "privacy": config.privacy.model_copy(update={"secure_aggregation": True})})))
+    layout = sum_layout(shared_shapes(model), settings.row_weighting, settings.privacy)
+    clip_norm = (config.privacy.clip_norm if settings.privacy is not None else None)
+    privacy_state: dict[str, Tensor] = {}
+    num_items = num_catalogue_items(model)
     audited = audited_clients(eligible, audit.max_clients, seed)
     observations = ItemObservations.empty(audited, num_items)
     no_rating_attack = rating_attack_applies(model, data, exp.evaluator.ranking)
@@ -434,12 +452,14 @@ def run_audit(config: RunConfig, audit: AuditSettings, on_round: Callable[[int, 
     evidence: list[tuple[int, RatingEvidence]] = []
     params = model.init_params(torch.Generator().manual_seed(seed))
     optimizer_state: dict[str, Tensor] = {}
-    bytes_up, rounds = 0, config.train.rounds
+    bytes_up, bytes_rounds, secagg_seconds, rounds = 0, 0, 0.0, config.train.rounds
     for round_index in range(rounds):
-        cohort = sample_cohort(data.num_clients, settings.client_fraction, seed, round_index, eligible)
+        cohort = sample_cohort(data.num_clients, settings.client_fraction, seed, round_index, eligible, settings.sampling)
         result = BACKENDS[settings.backend](model, params, data, cohort, settings.local, seed, round_index)
         observed = round_index >= rounds - audit.observe_rounds
         sums = RowSums.zeros(model)
+        cohort_sum = CohortSum.zeros(layout)  # what the server aggregates (in the clear unless the protocol runs)
+        round_clip = float(privacy_state.get("clip_norm", clip_norm)) if clip_norm is not None else None
         weighting = settings.row_weighting
         round_evidence = []
         trained = write_private_rows(params, result)  # the clients' private rows after local training
@@ -451,6 +471,7 @@ def run_audit(config: RunConfig, audit: AuditSettings, on_round: Callable[[int, 
             hidden, weighting = apply_hiding(part, num_items, audit.hiding, settings.row_weighting, seed, round_index,
                                              cohort[positions], fakes)
             sums.add(hidden, weighting)
+            cohort_sum.add(contributions(hidden, layout, weighting, round_clip))
             if not audit.secagg:
                 bytes_up += hidden_upload_bytes(model, hidden, audit.hiding.mode)
             if observed and not audit.secagg:
@@ -459,17 +480,26 @@ def run_audit(config: RunConfig, audit: AuditSettings, on_round: Callable[[int, 
                 observations.add_uploads(hidden, cohort[positions], direction)
                 if no_rating_attack is None:
                     round_evidence.append(rating_evidence(hidden, cohort[positions], params, settings.local, l2))
-        if audit.secagg:  # every client sends its dense vector (protocol overhead not counted here)
-            bytes_up += dense_upload_bytes(model, len(cohort))
+        bytes_rounds += not audit.secagg
+        if audit.secagg and observed:  # the real protocol: the server sees only the decoded sum
+            received, report = cohort_upload(model, params, data, cohort, result, result.update, secure, seed,
+                                             round_index, round_clip)
+            assert isinstance(received, CohortSum)
+            cohort_sum = received
+            if report.secagg is not None:
+                bytes_up += report.bytes_up
+                bytes_rounds += 1
+                secagg_seconds += report.secagg.seconds
         if observed:
             observations.add_prior(sums)
             if audit.secagg:
-                observations.add_sums(sums, cohort)
+                observations.add_sums(sum_guess(cohort_sum), cohort)
             if round_evidence:
                 evidence.append((round_index, _concat_evidence(round_evidence)))
-        deltas = sums.mean(weighting)
-        for name, delta in result.update.dense_deltas.items():
-            deltas[name] = aggregate_dense(delta, result.update.client_sizes)
+        deltas, next_clip = aggregate_sum(cohort_sum, settings.row_weighting, settings.privacy, round_clip,
+                                          noise_generator(seed, round_index))
+        if next_clip is not None:
+            privacy_state = {"clip_norm": torch.tensor(next_clip, dtype=torch.float64)}
         params, optimizer_state = settings.server.step(params, deltas, optimizer_state)
         params = write_private_rows(params, result)
         del trained
@@ -485,6 +515,9 @@ def run_audit(config: RunConfig, audit: AuditSettings, on_round: Callable[[int, 
         audit_pseudo_ratio=audit.hiding.pseudo_ratio, audit_pseudo_values=audit.hiding.pseudo_values,
         audit_pseudo_per_round=audit.hiding.per_round, audit_secagg=audit.secagg,
         audit_observed_rounds=audit.observe_rounds, rounds=rounds, bytes_up=bytes_up,
+        bytes_up_per_round=bytes_up / max(bytes_rounds, 1), bytes_up_rounds=bytes_rounds,
+        secagg_seconds_per_round=secagg_seconds / max(bytes_rounds, 1) if audit.secagg else None,
+        audit_dp=settings.privacy is not None,
         seconds=round(time.perf_counter() - began, 3), dataset=exp.dataset.name,
     )
     return metrics

@@ -17,12 +17,12 @@ def register(app: typer.Typer) -> None:
         config: Annotated[Path, typer.Argument(help="TOML config file (see configs/).")],
         set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting: section.key=value (repeatable).")] = None,
         out_dir: Annotated[Path, typer.Option("--out", help="Directory for metrics.json and config.json.")] = Path("runs/audit"),
-        hiding: Annotated[str, typer.Option("--hiding", help="What clients upload: none (sparse rows), dense (every item row), pseudo (fake extra rows).")] = "none",
+        hiding: Annotated[Optional[str], typer.Option("--hiding", help="What clients upload: none (sparse rows), dense (every item row), pseudo (fake extra rows). Default: privacy.hiding of the config.")] = None,
         pseudo_items: Annotated[int, typer.Option("--pseudo-items", help="Fake rows per client (--hiding pseudo).")] = 0,
         pseudo_ratio: Annotated[float, typer.Option("--pseudo-ratio", help="Fake rows per client as a multiple of its real rows (when --pseudo-items is 0).")] = 0.0,
         pseudo_per_round: Annotated[bool, typer.Option("--pseudo-per-round", help="Draw new pseudo-items every round (default: one fixed set per client).")] = False,
         pseudo_values: Annotated[str, typer.Option("--pseudo-values", help="Fake row values: virtual (SGD step on a virtual rating, FedRec) or bootstrap (of the real rows).")] = "virtual",
-        secagg: Annotated[bool, typer.Option("--secagg", help="Secure aggregation: the server sees only the cohort's sums.")] = False,
+        secagg: Annotated[bool, typer.Option("--secagg", help="Secure aggregation (the real protocol in the observed rounds): the server sees only the cohort's sums. Also on with privacy.secure_aggregation=true.")] = False,
         observe: Annotated[int, typer.Option("--observe", help="Last rounds whose uploads the server records (2 for the rating attack).")] = 2,
         max_clients: Annotated[int, typer.Option("--max-clients", help="Audit at most this many clients (a seeded random subset).")] = 2000,
         data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="Folder with the dataset (or its parent).")] = None,
@@ -40,6 +40,13 @@ def register(app: typer.Typer) -> None:
         if data_dir is not None:
             overrides.append(f"data.data_dir={json.dumps(str(data_dir))}")
         run_config = load_config(config, overrides)
+        if hiding is None:  # the config's own hiding (privacy.hiding and its pseudo-item settings)
+            p = run_config.privacy
+            hiding, secagg = p.hiding, secagg or p.secure_aggregation
+            if hiding == "pseudo" and not (pseudo_items or pseudo_ratio):
+                pseudo_items, pseudo_ratio, pseudo_per_round, pseudo_values = (p.pseudo_items, p.pseudo_ratio,
+                                                                               p.pseudo_per_round, p.pseudo_values)
+        secagg = secagg or run_config.privacy.secure_aggregation
         if hiding not in HIDING_MODES:
             raise FedrecError(f"--hiding {hiding!r} is not one of {', '.join(HIDING_MODES)}")
         if hiding != "pseudo" and (pseudo_items or pseudo_ratio):

@@ -150,8 +150,14 @@ def update_noise_multiplier(noise_multiplier: float, count_stddev: float) -> flo
 def adaptive_clip_norm(clip_norm: float, norms: Tensor, target_quantile: float, clip_lr: float, count_stddev: float,
                        expected_clients: float, generator: torch.Generator) -> float:
     """Geometric step of C toward the target quantile of update norms from a noised count below C."""
-    below = float((norms <= clip_norm).sum())
-    noisy = below + count_stddev * float(torch.randn((), generator=generator, dtype=torch.float64))
+    return adaptive_clip_from_count(clip_norm, int((norms <= clip_norm).sum()), target_quantile, clip_lr, count_stddev,
+                                    expected_clients, generator)
+
+
+def adaptive_clip_from_count(clip_norm: float, below: int, target_quantile: float, clip_lr: float, count_stddev: float,
+                             expected_clients: float, generator: torch.Generator) -> float:
+    """:func:`adaptive_clip_norm` given only how many clients had norm <= C (what secure aggregation reveals)."""
+    noisy = float(below) + count_stddev * float(torch.randn((), generator=generator, dtype=torch.float64))
     fraction = noisy / expected_clients
     return float(clip_norm * math.exp(-clip_lr * (fraction - target_quantile)))
 

@@ -33,8 +33,6 @@ expose the real items), the fake values by ``(seed, STREAM_PSEUDO_VALUES, round,
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
@@ -46,6 +44,7 @@ from fedrec.federated.aggregation import CohortUpdate, RowWeighting, keep_client
 from fedrec.federated.cohort import ClientData
 from fedrec.federated.local import LocalTraining
 from fedrec.federated.server import INDEX_BYTES, upload_bytes
+from fedrec.privacy.hiding_settings import HIDING_MODES, HidingMode, HidingSettings  # noqa: F401 (re-exported)
 from fedrec.models.base import ExampleBatch, ParamKind, RecModel, parameter_bytes
 
 # Stream identifiers of the draws made here (kept clear of the ones in fedrec/federated/rng.py).
@@ -53,40 +52,7 @@ STREAM_PSEUDO_ITEMS = 101
 STREAM_PSEUDO_VALUES = 102
 STREAM_PSEUDO_TARGETS = 104
 
-HidingMode = Literal["none", "dense", "pseudo"]
-HIDING_MODES: tuple[str, ...] = ("none", "dense", "pseudo")
-
-
-@dataclass(frozen=True)
-class HidingSettings:
-    """Which transform the clients apply to their upload.
-
-    ``pseudo_items`` fake rows per client, or, when it is 0, ``pseudo_ratio`` times the client's
-    real row count (rounded); capped at the number of items the client did not touch.
-    """
-
-    mode: HidingMode = "none"
-    pseudo_items: int = 0
-    pseudo_ratio: float = 0.0
-    per_round: bool = False  # a new pseudo-item set every round (else one fixed set per client)
-    pseudo_values: Literal["virtual", "bootstrap"] = "virtual"  # how fake rows get their values
-
-    def __post_init__(self) -> None:
-        if self.mode not in HIDING_MODES:
-            raise FedrecError(f"unknown hiding mode {self.mode!r}; use one of {', '.join(HIDING_MODES)}")
-        if self.pseudo_items < 0 or not np.isfinite(self.pseudo_ratio) or self.pseudo_ratio < 0:
-            raise FedrecError("pseudo-items count and ratio must be >= 0; e.g. --pseudo-items 100")
-        if self.pseudo_values not in ("virtual", "bootstrap"):
-            raise FedrecError(f"unknown pseudo-item values {self.pseudo_values!r}; use virtual or bootstrap")
-        if self.mode == "pseudo" and self.pseudo_items == 0 and self.pseudo_ratio == 0:
-            raise FedrecError("hiding mode 'pseudo' needs a count of pseudo-items: --pseudo-items N or --pseudo-ratio R")
-
-    def pseudo_count(self, real_rows: np.ndarray, num_items: int) -> np.ndarray:
-        """Fake rows per client given its real row counts (capped at its untouched items)."""
-        wanted = (np.full(len(real_rows), self.pseudo_items) if self.pseudo_items
-                  else np.rint(self.pseudo_ratio * real_rows))
-        return np.minimum(wanted.astype(np.int64), num_items - real_rows)
-
+ROW_BUDGET = 1 << 16  # rows per chunk of clients when hiding (bounds the memory of dense and pseudo uploads)
 
 def select_clients(update: CohortUpdate, positions: np.ndarray) -> CohortUpdate:
     """The upload of the clients at these (sorted, distinct) cohort positions, renumbered 0..len(positions)-1."""
@@ -96,6 +62,14 @@ def select_clients(update: CohortUpdate, positions: np.ndarray) -> CohortUpdate:
     keep = torch.zeros(update.num_clients, dtype=torch.bool)
     keep[torch.from_numpy(positions)] = True
     return keep_clients(update, keep)
+
+
+def client_chunks(update: CohortUpdate, num_items: int, hiding: HidingSettings) -> list[np.ndarray]:
+    """Cohort positions in chunks small enough that a chunk's hidden upload stays near ROW_BUDGET rows."""
+    real = max(1, int(update.row_items.shape[0]) // max(update.num_clients, 1))
+    per_client = num_items if hiding.mode != "none" else real
+    size = max(1, ROW_BUDGET // per_client)
+    return [np.arange(lo, min(lo + size, update.num_clients)) for lo in range(0, update.num_clients, size)]
 
 
 def _client_major(update: CohortUpdate, order: Tensor, items: Tensor, clients: Tensor, counts: Tensor,

@@ -503,6 +503,8 @@ class SecureSumResult:
     input_bytes_per_client: int  # of which the masked vector itself
     client_seconds: float  # mean compute per client, all rounds
     server_seconds: float
+    bytes_up_total: int = 0  # every message all clients sent (including those that dropped later)
+    bytes_down_total: int = 0  # every message the server sent to clients
 
 
 def seeded_random_bytes(seed: int, party: int) -> RandomBytes:
@@ -510,7 +512,24 @@ def seeded_random_bytes(seed: int, party: int) -> RandomBytes:
     return np.random.default_rng([seed, party]).bytes
 
 
-def secure_sum(vectors: np.ndarray, settings: SecAggSettings = SecAggSettings(), seed: int | None = None,
+class RowsOnDemand:
+    """A (clients, values) input whose rows are made when the protocol asks for them (one client's
+    vector in memory at a time, as on real devices)."""
+
+    ndim = 2
+
+    def __init__(self, num_clients: int, length: int, make_row: Callable[[int], np.ndarray]) -> None:
+        self.shape = (num_clients, length)
+        self.make_row = make_row
+
+    def __getitem__(self, client: int) -> np.ndarray:
+        row = np.asarray(self.make_row(int(client)))
+        if row.shape != (self.shape[1],):
+            raise FedrecError(f"client {client}'s secure-aggregation vector has shape {row.shape}, expected ({self.shape[1]},)")
+        return row
+
+
+def secure_sum(vectors: np.ndarray | RowsOnDemand, settings: SecAggSettings = SecAggSettings(), seed: int | None = None,
                drop_before_shares: Iterable[int] = (), drop_before_input: Iterable[int] = (),
                drop_after_input: Iterable[int] = ()) -> SecureSumResult:
     """Run the whole protocol in process for a cohort's (C, D) float ``vectors``.
@@ -520,7 +539,8 @@ def secure_sum(vectors: np.ndarray, settings: SecAggSettings = SecAggSettings(),
     the sum). ``seed`` None draws keys from os.urandom; an int makes the run reproducible. ``vectors``
     is read one row per client (float32 is fine, and a broadcast view costs no memory).
     """
-    vectors = np.asarray(vectors)
+    if not isinstance(vectors, RowsOnDemand):
+        vectors = np.asarray(vectors)
     if vectors.ndim != 2:
         raise FedrecError(f"secure_sum expects a (clients, values) array, got shape {vectors.shape}")
     num_clients, length = vectors.shape
@@ -597,7 +617,8 @@ def secure_sum(vectors: np.ndarray, settings: SecAggSettings = SecAggSettings(),
         degree=len(server.graph[0]), threshold=server.threshold,
         bytes_up_per_client=float(up[finishers].mean()), bytes_down_per_client=float(down[finishers].mean()),
         input_bytes_per_client=ID_BYTES + length * settings.codec.bytes_per_value,
-        client_seconds=float(client_time[finishers].mean()), server_seconds=server_time)
+        client_seconds=float(client_time[finishers].mean()), server_seconds=server_time,
+        bytes_up_total=int(up.sum()), bytes_down_total=int(down.sum()))
 
 
 def secure_sum_tensors(uploads: Mapping[str, object], settings: SecAggSettings = SecAggSettings(),
