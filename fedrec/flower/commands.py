@@ -56,7 +56,8 @@ def register(app: typer.Typer) -> None:
             if quiet:
                 return
             shown = " ".join(f"{k}={record[k]:.4f}" if isinstance(record[k], float) else f"{k}={record[k]}"
-                             for k in ("round", "train_loss", "rmse", "ndcg@10", "clients", "nodes", "lost_nodes")
+                             for k in ("round", "train_loss", "rmse", "ndcg@10", "clients", "nodes", "lost_nodes",
+                                       "epsilon", "rejected")
                              if k in record)
             err.print(shown, soft_wrap=True, highlight=False)
 
@@ -66,7 +67,7 @@ def register(app: typer.Typer) -> None:
             err.print(f"interrupted; every Flower process was stopped; partial outputs are in {out_dir}")
             raise typer.Exit(130) from None
         shown = ("rmse", "mae", "hr@10", "ndcg@10", "rounds", "seconds", "bytes_up", "bytes_down", "nodes",
-                 "nodes_finished")
+                 "nodes_finished", "epsilon", "delta", "stopped")
         out.print(" ".join(f"{k}={metrics[k]:.4f}" if isinstance(metrics[k], float) else f"{k}={metrics[k]}"
                            for k in shown if k in metrics), soft_wrap=True, highlight=False)
         out.print(f"outputs: {out_dir}/metrics.json, history.jsonl, config.json, checkpoint.safetensors; "

@@ -292,7 +292,8 @@ def deploy(config: RunConfig, nodes: int, out_dir: Path, round_timeout: float = 
                 reason = answer.get("error-message") or (submitted.stderr or submitted.stdout).strip()[-300:]
                 raise FedrecError(f"flwr run failed: {' '.join(str(reason).split())}")
             run_id = str(answer["run-id"])
-            bound = connect_timeout + (2 * config.train.rounds + 2) * round_timeout  # rounds, evaluations, query
+            # nodes connecting and describing themselves, then each round and evaluation (+ a final evaluation)
+            bound = 2 * connect_timeout + (2 * config.train.rounds + 2) * round_timeout
             deadline = time.monotonic() + bound
             shown, next_status = 0, time.monotonic() + 15.0
             while True:

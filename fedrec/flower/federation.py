@@ -18,6 +18,7 @@ on the nodes) and ``metrics.json``.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,11 +33,16 @@ from torch import Tensor
 from fedrec.config import RunConfig, config_to_json
 from fedrec.errors import FedrecError
 from fedrec.federated.cohort import sample_cohort
-from fedrec.federated.server import ServerState, server_update
-from fedrec.flower.codec import merge_in_cohort_order, record_to_update, serialized_bytes, tensors_to_record
+from fedrec.federated.server import ServerState, empty_update, server_update, shared_shapes
+from fedrec.flower.codec import (merge_in_cohort_order, record_to_tensors, record_to_update, serialized_bytes,
+                                 tensors_to_record)
+from fedrec.flower.codec import record_to_upload
+from fedrec.flower.local_dp import mean_of_noisy_sums
 from fedrec.flower.node import CLIENTS, INFO, METRICS, RESULT, SHARED, TASK, UPDATE, combine_metrics
 from fedrec.models.base import RecModel, num_catalogue_items
 from fedrec.models.registry import IMPLICIT_MODELS, build_model, model_options
+from fedrec.privacy.dp import CentralDP
+from fedrec.privacy.ldp import LocalDP
 from fedrec.runtime.checkpoint import CHECKPOINT_NAME, atomic_write_text, save_checkpoint
 
 RoundCallback = Callable[[dict[str, Any]], None]
@@ -63,6 +69,7 @@ class Population:
     num_users: int
     num_items: int
     global_mean: float
+    rating_range: tuple[float, float] | None = None  # the public rating scale, when the data has one
 
 
 def wait_for_nodes(transport: Transport, expected: int, timeout: float, poll: float = 0.25) -> list[int]:
@@ -107,7 +114,9 @@ def discover(transport: Transport, nodes: list[int], timeout: float) -> Populati
         raise FedrecError(f"{int((owner < 0).sum())} clients are held by no SuperNode; check the node partitions")
     total = sum(float(info["rating_sum"]) for info in infos.values())
     count = sum(int(info["rating_count"]) for info in infos.values())
-    return Population(list(nodes), owner, sizes, int(first["num_users"]), int(first["num_items"]), total / max(count, 1))
+    rating_range = (float(first["rating_low"]), float(first["rating_high"])) if "rating_low" in first else None
+    return Population(list(nodes), owner, sizes, int(first["num_users"]), int(first["num_items"]), total / max(count, 1),
+                      rating_range)
 
 
 def server_model(config: RunConfig, population: Population) -> RecModel:
@@ -118,9 +127,11 @@ def server_model(config: RunConfig, population: Population) -> RecModel:
     return build_model(config.model.name, options, population.num_users, population.num_items)
 
 
-def _save(out_dir: Path, shared: dict[str, Tensor], server_state: dict[str, Tensor], meta: dict[str, Any]) -> None:
+def _save(out_dir: Path, shared: dict[str, Tensor], server_state: dict[str, Tensor], meta: dict[str, Any],
+          privacy_state: dict[str, Tensor] | None = None) -> None:
     tensors = {f"param/{k}": v for k, v in shared.items()}
     tensors.update({f"server/{k}": v for k, v in server_state.items()})
+    tensors.update({f"privacy/{k}": v for k, v in (privacy_state or {}).items()})
     save_checkpoint(out_dir / CHECKPOINT_NAME, tensors, meta)
 
 
@@ -149,41 +160,64 @@ def check_deployable(config: RunConfig) -> None:
                           f"use one of {', '.join(DEPLOYABLE_MODELS)} or fedrec train")
     if getattr(config.model, "cold_start_items", 0):
         raise FedrecError("model.cold_start_items is not supported in deployment yet; set it to 0 or use fedrec train")
-    if config.defence.enabled:
-        raise FedrecError("defences ([defence]) are not supported in deployment yet; remove them or use fedrec train")
-    privacy = getattr(config, "privacy", None)
-    if privacy is not None and getattr(privacy, "enabled", False):
-        raise FedrecError("differential privacy ([privacy]) is not supported in deployment yet; "
-                          "remove the [privacy] settings or use fedrec train")
+    if config.attack.enabled:  # simulated attackers would silently be left out of a deployment
+        raise FedrecError("[attack] simulates malicious clients in fedrec train only; remove attack.method to deploy "
+                          "(in a deployment, attackers are real nodes)")
+    from fedrec.runtime.trainer import participation_settings
+
+    if participation_settings(config) is not None:  # simulated stragglers/dropouts; real nodes are late by themselves
+        raise FedrecError("train.client_dropout / train.deadline_* simulate stragglers in fedrec train only; remove them "
+                          "to deploy (a deployment drops nodes that miss --round-timeout)")
+    if config.privacy.hiding != "none" or config.privacy.secure_aggregation:
+        raise FedrecError("privacy.hiding and privacy.secure_aggregation are not supported in deployment yet; "
+                          "remove them or use fedrec train")
 
 
 def run_federation(config: RunConfig, transport: Transport, out_dir: Path, expected_nodes: int,
                    round_timeout: float = 300.0, connect_timeout: float = 120.0,
                    on_round: RoundCallback | None = None) -> dict[str, Any]:
-    """Run the configured federated job over the nodes behind ``transport``; returns the final metrics."""
+    """Run the configured federated job over the nodes behind ``transport``; returns the final metrics.
+
+    Privacy and defences are the simulator's: central DP (Poisson sampling, noise calibrated before the
+    run, epsilon per round in the history, a stop before a round that would exceed privacy.epsilon) and
+    [defence] act in :func:`server_update`; local DP noises on the nodes (:mod:`fedrec.flower.local_dp`).
+    """
+    from fedrec.runtime.trainer import budget_stop_reason, fedavg_settings, privacy_settings, privacy_spent, \
+        privacy_summary, public_start_params
+
     check_deployable(config)
     torch.use_deterministic_algorithms(True, warn_only=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "config.json", config_to_json(config) + "\n")
     began = time.perf_counter()
     nodes = wait_for_nodes(transport, expected_nodes, connect_timeout)
-    population = discover(transport, nodes, round_timeout)
+    population = discover(transport, nodes, max(round_timeout, connect_timeout))  # start-up: first ClientApp imports
     model = server_model(config, population)
+    eligible = population.sizes > 0  # as the simulator: clients without training data are never sampled
+    privacy = privacy_settings(config, int(eligible.sum()))  # calibrated once, before the first round
+    settings = fedavg_settings(config, privacy)
     initial = model.init_params(torch.Generator().manual_seed(config.train.seed))
+    if privacy is not None:
+        initial = public_start_params(initial, population.rating_range)
     shared = {name: initial[name] for name in model.shared_names()}
     del initial
-    from fedrec.runtime.trainer import fedavg_settings
-
-    settings = fedavg_settings(config)
     ranking = config.model.name in IMPLICIT_MODELS
     num_items = num_catalogue_items(model)
-    eligible = population.sizes > 0
+    shapes = shared_shapes(model)
     server_state: dict[str, Tensor] = {}
+    privacy_state: dict[str, Tensor] = {}
     live = list(nodes)
     history: list[dict[str, Any]] = []
     bytes_up = bytes_down = 0
+    stop_reason: str | None = None
+    rounds_done, final_round, final = 0, -1, {}
     for round_index in range(config.train.rounds):
-        cohort = sample_cohort(len(population.sizes), settings.client_fraction, config.train.seed, round_index, eligible)
+        stop_reason = budget_stop_reason(config, privacy, round_index)
+        if stop_reason is not None:
+            print(f"{stop_reason} (checkpoint and metrics written to {out_dir})", file=sys.stderr)
+            break
+        cohort = sample_cohort(len(population.sizes), settings.client_fraction, config.train.seed, round_index, eligible,
+                               settings.sampling)
         shared_record = tensors_to_record(shared)
         requests: dict[int, RecordDict] = {}
         positions: dict[int, np.ndarray] = {}
@@ -198,45 +232,69 @@ def run_federation(config: RunConfig, transport: Transport, out_dir: Path, expec
         if not live:
             raise FedrecError(f"no SuperNode answered round {round_index + 1} within {round_timeout:.0f} s; "
                               "see the SuperNode logs")
-        parts = [(positions[node], record_to_update(replies[node].array_records[UPDATE]))
-                 for node in live if UPDATE in replies[node].array_records]
         round_down = sum(serialized_bytes(requests[node]) for node in requests)
         round_up = sum(serialized_bytes(replies[node]) for node in live)
         results = [replies[node].config_records[RESULT] for node in live]
         loss_sum = sum(float(r["loss_sum"]) for r in results)
         steps = sum(int(r["steps"]) for r in results)
+        clients = sum(int(r["clients"]) for r in results)
+        uploaded = [node for node in live if UPDATE in replies[node].array_records]
         record: dict[str, Any] = {"round": round_index + 1}
-        if parts:
-            update = merge_in_cohort_order(parts, num_items)
-            next_state, _ = server_update(model, ServerState(round_index, shared, server_state), update, settings,
-                                          config.train.seed)
-            shared, server_state = next_state.params, next_state.optimizer_state
-            record.update(train_loss=loss_sum / max(steps, 1), clients=update.num_clients)
+        state = ServerState(round_index, shared, server_state, privacy_state)
+        if isinstance(privacy, LocalDP):  # the nodes sent noisy sums: average them, step the server optimiser
+            sums = [record_to_tensors(replies[node].array_records[UPDATE]) for node in uploaded]
+            deltas = mean_of_noisy_sums(sums, shapes, clients)
+            params, optimizer_state = settings.server.step(shared, deltas, server_state)
+            next_state, rejected = ServerState(round_index + 1, params, optimizer_state, privacy_state), {}
         else:
-            record.update(train_loss=float("nan"), clients=0)
+            parts = [(positions[node], record_to_upload(replies[node].array_records[UPDATE], model, settings.compression))
+                     for node in uploaded]
+            update = merge_in_cohort_order(parts, num_items) if parts else empty_update(shapes)
+            next_state, rejected = server_update(model, state, update, settings, config.train.seed)
+        shared, server_state, privacy_state = next_state.params, next_state.optimizer_state, next_state.privacy_state
+        record.update(train_loss=loss_sum / max(steps, 1), clients=clients)
+        if settings.defence is not None:
+            record.update(rejected=sum(rejected.values()), rejected_by_reason=rejected)
         bytes_up += round_up
         bytes_down += round_down
         record.update(bytes_up=round_up, bytes_down=round_down, nodes=len(live))
         if lost:
             record["lost_nodes"] = len(lost)
-        last = round_index + 1 == config.train.rounds
-        if (round_index + 1) % config.train.eval_every == 0 or last:
-            record.update(_evaluate(transport, live, tensors_to_record(shared), round_index + 1, round_timeout, ranking))
+        rounds_done = round_index + 1
+        record.update(privacy_spent(config, privacy, rounds_done, privacy_state))
+        last = rounds_done == config.train.rounds
+        if rounds_done % config.train.eval_every == 0 or last:
+            final = _evaluate(transport, live, tensors_to_record(shared), rounds_done, round_timeout, ranking)
+            final_round = rounds_done
+            record.update(final)
         record["seconds"] = round(time.perf_counter() - began, 4)
         history.append(record)
+        if rounds_done % config.train.checkpoint_every == 0 or last:  # before the history line that announces it
+            _save(out_dir, shared, server_state, _checkpoint_meta(config, record, bytes_up, bytes_down, privacy),
+                  privacy_state)
         atomic_write_text(out_dir / "history.jsonl", "".join(json.dumps(entry) + "\n" for entry in history))
-        if (round_index + 1) % config.train.checkpoint_every == 0 or last:
-            _save(out_dir, shared, server_state, {
-                "round": round_index + 1, "seconds": record["seconds"], "bytes_up": bytes_up, "bytes_down": bytes_down,
-                "config": config_to_json(config), "runtime": "flower"})
         if on_round is not None:
             on_round(record)
-    metrics = {k: v for k, v in history[-1].items()
-               if k not in ("round", "train_loss", "clients", "bytes_up", "bytes_down", "seconds", "nodes", "lost_nodes")}
+    if final_round != rounds_done:  # stopped by the privacy budget between evaluations: evaluate the final model
+        final = _evaluate(transport, live, tensors_to_record(shared), rounds_done, round_timeout, ranking)
+    if stop_reason is not None:
+        _save(out_dir, shared, server_state, _checkpoint_meta(config, {"round": rounds_done, "seconds": round(
+            time.perf_counter() - began, 4)}, bytes_up, bytes_down, privacy), privacy_state)
+    metrics: dict[str, Any] = dict(final)
     metrics.update(
-        mode="federated", runtime="flower", rounds=config.train.rounds, seconds=round(time.perf_counter() - began, 3),
+        mode="federated", runtime="flower", rounds=rounds_done, seconds=round(time.perf_counter() - began, 3),
         bytes_up=bytes_up, bytes_down=bytes_down, dataset=config.data.name, clients=len(population.sizes),
         nodes=len(nodes), nodes_finished=len(live),
     )
+    metrics.update(privacy_summary(config, privacy, rounds_done, privacy_state, stop_reason))
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return metrics
+
+
+def _checkpoint_meta(config: RunConfig, record: dict[str, Any], bytes_up: int, bytes_down: int,
+                     privacy: CentralDP | LocalDP | None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"round": record["round"], "seconds": record["seconds"], "bytes_up": bytes_up,
+                            "bytes_down": bytes_down, "config": config_to_json(config), "runtime": "flower"}
+    if isinstance(privacy, CentralDP):
+        meta["noise_multiplier"] = privacy.noise_multiplier
+    return meta

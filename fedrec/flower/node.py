@@ -25,8 +25,10 @@ from fedrec.config import RunConfig
 from fedrec.data.dataset import Interactions, Split
 from fedrec.errors import FedrecError
 from fedrec.eval.protocol import Evaluator
+from fedrec.federated.aggregation import CohortUpdate
 from fedrec.federated.cohort import ClientData
 from fedrec.federated.local import LocalTraining
+from fedrec.federated.rng import seeded_torch
 from fedrec.federated.server import BACKENDS, write_private_rows
 from fedrec.flower.codec import record_to_tensors, tensors_to_record, update_to_record
 from fedrec.models.base import ParamKind, RecModel
@@ -35,6 +37,7 @@ from fedrec.models.registry import IMPLICIT_MODELS
 # record names used in messages and node state
 INFO, TASK, SHARED, UPDATE, RESULT, METRICS, CLIENTS, PRIVATE = (
     "info", "task", "shared", "update", "result", "metrics", "clients", "private")
+RESIDUALS = "residuals"  # node state: its clients' compression residuals
 RANKING_KEYS = ("hr", "ndcg", "recall", "mrr")  # per-user means that combine exactly across nodes
 
 
@@ -98,6 +101,8 @@ def describe(view: NodeView) -> RecordDict:
         "num_users": view.num_users, "num_items": view.num_items,
         "rating_sum": float(ratings.sum()), "rating_count": int(len(ratings)),
     })
+    if view.evaluator.rating_range is not None:  # the public rating scale (DP starts the global bias mid-scale)
+        info["rating_low"], info["rating_high"] = (float(v) for v in view.evaluator.rating_range)
     clients = ArrayRecord({"clients": torch.from_numpy(view.clients.astype(np.int64)),
                            "sizes": torch.from_numpy(view.data.sizes[view.clients].astype(np.int64))})
     return RecordDict({INFO: info, CLIENTS: clients})
@@ -125,7 +130,7 @@ def full_params(view: NodeView, shared: dict[str, Tensor], private: dict[str, Te
 
 def local_training(config: RunConfig) -> LocalTraining:
     train = config.train
-    return LocalTraining(train.local_epochs, train.local_lr, train.batch_size, train.private_lr)
+    return LocalTraining(train.local_epochs, train.local_lr, train.batch_size, train.private_lr, train.prox_mu)
 
 
 def handle_train(view: NodeView, state: RecordDict, content: RecordDict) -> RecordDict:
@@ -142,14 +147,41 @@ def handle_train(view: NodeView, state: RecordDict, content: RecordDict) -> Reco
     shared = record_to_tensors(content.array_records[SHARED])
     params = full_params(view, shared, private)
     train = BACKENDS[view.config.train.backend]
-    result = train(view.model, params, view.data, np.sort(cohort), local_training(view.config), view.config.train.seed,
-                   round_index)
+    with seeded_torch(view.config.train.seed, round_index):
+        result = train(view.model, params, view.data, np.sort(cohort), local_training(view.config), view.config.train.seed,
+                       round_index)
     trained = write_private_rows(params, result)
     users = torch.from_numpy(view.users)
     state.array_records[PRIVATE] = tensors_to_record({name: trained[name][users] for name in private})
     reply = ConfigRecord({"round": round_index, "loss_sum": float(result.loss_sum), "steps": int(result.steps),
                           "clients": len(cohort)})
-    return RecordDict({UPDATE: update_to_record(result.update), RESULT: reply})
+    from fedrec.flower.local_dp import local_privacy, node_noise_generator, noisy_local_sum
+
+    local_dp = local_privacy(view.config)
+    if local_dp is not None:  # local DP: only this node's noisy sum of clipped uploads leaves it
+        generator = node_noise_generator(view.config.train.seed, round_index, view.partition_id)
+        upload = tensors_to_record(noisy_local_sum(view.model, result.update, local_dp, generator))
+        return RecordDict({UPDATE: upload, RESULT: reply})
+    return RecordDict({UPDATE: upload_record(view, state, result.update, np.sort(cohort), round_index), RESULT: reply})
+
+
+def upload_record(view: NodeView, state: RecordDict, update: CohortUpdate, clients: np.ndarray,
+                  round_index: int) -> ArrayRecord:
+    """The node's upload: its clients' CohortUpdate as it is, or compressed per client with the clients'
+    error-feedback residuals kept in the node state (fedrec/federated/compression.py)."""
+    from fedrec.federated.compression import UploadLayout, encode_upload
+    from fedrec.flower.codec import encoded_to_record
+    from fedrec.runtime.trainer import compression_settings
+
+    compression = compression_settings(view.config)
+    if compression is None:
+        return update_to_record(update)
+    residuals = record_to_tensors(state.array_records[RESIDUALS]) if RESIDUALS in state.array_records else {}
+    compressed = encode_upload(update, clients, UploadLayout.of(view.model), compression, residuals,
+                               view.config.train.seed, round_index)
+    if compression.error_feedback:
+        state.array_records[RESIDUALS] = tensors_to_record(compressed.residuals)
+    return encoded_to_record(compressed.encoded)
 
 
 def handle_evaluate(view: NodeView, state: RecordDict, content: RecordDict) -> RecordDict:
