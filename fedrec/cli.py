@@ -80,7 +80,8 @@ def train(
 
 
 RECOMMENDER_SHOWN = ("rmse", "mae", "hr@10", "ndcg@10", "sampled_hr@10", "popularity_hr@10", "finetuned_rmse",
-                     "finetuned_hr@10", "rounds", "seconds", "bytes_up", "bytes_down")
+                     "finetuned_hr@10", "rounds", "seconds", "bytes_up", "bytes_down",
+                     "frozen_hr@10", "frozen_ndcg@10", "upload_bytes_per_client", "upload_ratio")  # lora_bpr
 CLASSIFIER_SHOWN = ("accuracy", "personal_accuracy", "majority_accuracy", "loss", "rounds", "seconds", "bytes_up",
                     "bytes_down")
 

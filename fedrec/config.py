@@ -35,9 +35,10 @@ class DataConfig(Section):
     split_seed: int = 0
     min_rating: float | None = None  # keep only interactions rated >= this (explicit data used as implicit)
     # clients: one per user (cross-device) or users grouped into silos (cross-silo)
-    clients: Literal["per_user", "silos"] = "per_user"
+    clients: Literal["per_user", "silos", "dirichlet"] = "per_user"  # dirichlet: silos skewed over item categories
     num_silos: int = Field(default=10, ge=1)
-    silo_feature: str | None = None  # group silos by a user feature (e.g. "occupation"); else random
+    silo_feature: str | None = None  # group silos by a user feature ("occupation", "zip_region", ...); else random
+    dirichlet_alpha: float = Field(default=0.5, gt=0.0)  # clients = "dirichlet": smaller = more skewed silos
     # table files (name = "table")
     path: str | None = None
     user_col: str = "user"
@@ -60,7 +61,8 @@ TEXT_PIPELINE_KEYS = frozenset({"text_encoder", "text_dim", "text_max_length", "
 class ModelConfig(Section):
     """Model name and its hyperparameters; unset ones take the model's defaults (fedrec/models/)."""
 
-    name: Literal["mf", "bpr", "ncf", "text_bpr", "text_mf", "tower_bpr", "tower_mf"] = "mf"
+    name: Literal["mf", "bpr", "ncf", "text_bpr", "text_mf", "tower_bpr", "tower_mf", "sasrec",
+                  "lora_bpr"] = "mf"  # lora_bpr: text tower + federated LoRA in the encoder ([lora], fedrec/text/lora.py)
     dim: int | None = Field(default=None, ge=1, le=4096)
     l2: float | None = Field(default=None, ge=0.0)
     init_std: float | None = Field(default=None, gt=0.0)
@@ -68,6 +70,12 @@ class ModelConfig(Section):
     variant: Literal["gmf", "mlp", "neumf"] | None = None  # ncf
     layers: list[int] | None = None  # ncf: MLP layer sizes
     private_head: bool | None = None  # ncf: PFedRec-style private output layer
+    # sequence model (sasrec), fedrec/models/sequence.py
+    max_history: int | None = Field(default=None, ge=1, le=1000)  # items the model looks back (L)
+    blocks: int | None = Field(default=None, ge=1, le=16)  # self-attention blocks
+    heads: int | None = Field(default=None, ge=1, le=64)  # attention heads (dim must be a multiple)
+    dropout: float | None = Field(default=None, ge=0.0, lt=1.0)
+    item_init: Literal["random", "text"] | None = None  # "text": item embeddings start from model.text_encoder
     # text models (text_bpr, text_mf: ID + text; tower_bpr, tower_mf: text only), fedrec/models/text.py
     text_adapter: Literal["linear", "mlp"] | None = None  # the shared adapter from text embedding to item vector
     adapter_hidden: int | None = Field(default=None, ge=1, le=4096)  # mlp adapter: hidden units
@@ -95,6 +103,7 @@ class EvalConfig(Section):
     sampled_negatives: int = Field(default=99, ge=0)  # sampled ranking (1 + N candidates); 0 turns it off
     seed: int = 0
     finetune_epochs: int = Field(default=0, ge=0)  # > 0: also report each client fine-tuned locally (finetuned_*)
+    mix_beta: float = Field(default=1.0, ge=0.0, le=1.0)  # fine-tuned copy: theta_g + beta (theta_i - theta_g)
 
 
 class TrainConfig(Section):
@@ -110,6 +119,15 @@ class TrainConfig(Section):
     batch_size: int = Field(default=32, ge=1)
     client_fraction: float = Field(default=1.0, gt=0.0, le=1.0)
     row_weighting: Literal["row_count", "client_size", "fedavg"] = "row_count"
+    client_weighting: Literal["examples", "uniform", "sqrt"] = "examples"  # a client's weight: n, 1 or sqrt(n)
+    prox_mu: float = Field(default=0.0, ge=0.0)  # FedProx: local loss + mu/2 ||w - w_global||^2 on shared parameters
+    # stragglers and dropouts (fedrec/federated/participation.py); all off by default
+    client_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)  # probability a sampled client drops out before uploading
+    speed_sigma: float = Field(default=0.0, ge=0.0)  # clients' compute speeds ~ log-normal(0, sigma), drawn once
+    seconds_per_example: float = Field(default=0.01, gt=0.0)  # median simulated compute time per example and epoch
+    deadline_quantile: float | None = Field(default=None, gt=0.0, le=1.0)  # round deadline: this quantile of the cohort's times
+    deadline_seconds: float | None = Field(default=None, gt=0.0)  # ... or a fixed deadline in simulated seconds
+    late_updates: Literal["drop", "downweight"] = "drop"  # downweight: weight deadline / compute time
     server_optimizer: Literal["sgd", "adam", "yogi", "adagrad"] = "sgd"
     server_lr: float = Field(default=1.0, gt=0.0)
     server_momentum: float = Field(default=0.0, ge=0.0, lt=1.0)
@@ -144,6 +162,16 @@ class PrivacyConfig(Section):
     clip_lr: float = Field(default=0.2, gt=0.0)  # geometric step size of the adaptive clip norm
     clip_count_stddev: float | None = Field(default=None, gt=0.0)  # noise of the clipped count; default (q N) / 20
     sampling: Literal["poisson"] = "poisson"  # central: client sampling the accountant assumes
+    # item hiding and secure aggregation (fedrec/privacy/hiding.py, upload.py); independent of mode/epsilon
+    hiding: Literal["none", "dense", "pseudo"] = "none"  # dense: every shared row; pseudo: fake rows for extra items
+    pseudo_items: int = Field(default=0, ge=0)  # hiding = "pseudo": fake rows per client ...
+    pseudo_ratio: float = Field(default=0.0, ge=0.0)  # ... or this multiple of the client's real rows (pseudo_items = 0)
+    pseudo_per_round: bool = False  # new pseudo-items every round (default: one fixed set per client)
+    pseudo_values: Literal["virtual", "bootstrap"] = "virtual"  # fake values: SGD step on a virtual rating, or bootstrap
+    secure_aggregation: bool = False  # the server learns only the cohort's sum (Bonawitz et al. / SecAgg+, real protocol)
+    secagg_threshold: float = Field(default=0.5, gt=0.0, le=1.0)  # Shamir threshold t as a fraction of each client's neighbours
+    secagg_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)  # simulated: fraction of a cohort dropping before its masked input
+    secagg_max_abs: float = Field(default=1e5, gt=0.0)  # fixed point: largest |value| a client may encode (24 fraction bits)
 
     @property
     def enabled(self) -> bool:
@@ -155,6 +183,10 @@ class PrivacyConfig(Section):
 
     def check(self) -> None:
         """Refuse incomplete or contradictory settings (one-line messages)."""
+        if self.hiding == "pseudo" and self.pseudo_items == 0 and self.pseudo_ratio == 0:
+            raise ValueError("privacy.hiding = 'pseudo' needs privacy.pseudo_items (e.g. 300) or privacy.pseudo_ratio (e.g. 1.0)")
+        if self.hiding != "pseudo" and (self.pseudo_items or self.pseudo_ratio):
+            raise ValueError("privacy.pseudo_items / pseudo_ratio need privacy.hiding = 'pseudo'")
         if self.mode == "off":  # the same config without privacy (e.g. the epsilon = infinity baseline)
             return
         given = self.epsilon is not None or self.noise_multiplier is not None
@@ -192,6 +224,66 @@ class DefenceConfig(Section):
             raise ValueError("defence.aggregator = 'norm_bound' needs defence.clip_norm (e.g. --set defence.clip_norm=1.0)")
 
 
+class LoraConfig(Section):
+    """model.name = "lora_bpr": LoRA adapters (peft) in the text encoder, trained federated (fedrec/text/lora.py)."""
+
+    r: int = Field(default=8, ge=1, le=256)  # adapter rank
+    alpha: float = Field(default=16.0, gt=0.0)  # LoRA scaling alpha / r
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)  # LoRA dropout
+    target_modules: list[str] = Field(default_factory=lambda: ["query", "value"])  # the encoder's linear layers to adapt
+    top_layers: int = Field(default=2, ge=0)  # adapters in the top k layers (frozen ones below cached); 0: every layer
+    local_steps: int = Field(default=4, ge=1)  # minibatch steps (train.batch_size interactions) per client per round
+    adapter_lr: float = Field(default=1e-3, gt=0.0)  # local Adam on the adapters (head: train.local_lr)
+    refit_steps: int = Field(default=20, ge=0)  # clients refit their user vector to the global item tower (Adam
+    refit_lr: float = Field(default=0.1, gt=0.0)  # steps) before they train and before evaluation; 0: never
+    compare_frozen: bool = True  # also train the same model with the encoder frozen (frozen_* metrics)
+
+
+class AttackConfig(Section):
+    """A simulated poisoning attack (fedrec/federated/attacks.py) and the target items whose exposure (er@5, er@10) is
+    reported. Targets without a method measure the same exposure in a clean run, for comparison."""
+
+    method: Literal["none", "random", "bandwagon", "fedrec_attack", "pip_attack"] = "none"
+    malicious_fraction: float = Field(default=0.01, gt=0.0, le=1.0)  # malicious clients per benign client
+    num_targets: int = Field(default=0, ge=0)  # targets drawn by target_seed among the less popular half of the items
+    target_items: list[str] | None = None  # ... or these raw item ids
+    target_seed: int = 0
+    filler_items: int = Field(default=30, ge=0)  # fillers per fake profile (random: any item; else popular items)
+    popular_items: int = Field(default=50, ge=1)  # the attacker's "popular" set: top items of its public sample
+    public_fraction: float = Field(default=0.02, gt=0.0, le=1.0)  # benign interactions the attacker knows
+    norm_multiplier: float = Field(default=1.0, gt=0.0)  # upload norm <= this x the client's own honest update norm
+    norm_bound: float | None = Field(default=None, gt=0.0)  # ... or this absolute L2 bound
+    top_k: int = Field(default=10, ge=1)  # fedrec_attack: the rank the targets should reach
+    user_steps: int = Field(default=30, ge=1)  # fedrec_attack: steps fitting user vectors to the public sample
+    promotion_weight: float = Field(default=1.0, ge=0.0)  # pip_attack: weight of the ranking-promotion term
+    seed: int = 0  # the attacker's own draws (public sample, fake profiles)
+
+    @property
+    def enabled(self) -> bool:
+        return self.method != "none"
+
+    def check(self) -> None:
+        if self.enabled and self.num_targets == 0 and not self.target_items:
+            raise ValueError(f"attack.method = {self.method!r} needs target items: set attack.num_targets (e.g. 5) "
+                             "or attack.target_items")
+
+
+class CompressionConfig(Section):
+    """Compressed uploads (fedrec/federated/compression.py), off unless ``topk`` or ``bits`` is set. Top-k keeps
+    that fraction of each client's upload coordinates (largest magnitude first); ``bits = 8`` sends int8 values with
+    float32 scales; both together: top-k, then 8-bit. Error feedback keeps what a client did not send for its next upload."""
+
+    topk: float | None = Field(default=None, gt=0.0, le=1.0)  # fraction of each upload's coordinates sent
+    bits: Literal[8] | None = None  # 8: int8 quantisation
+    error_feedback: bool = True  # clients add their unsent residual to the next upload (EF-SGD)
+    rounding: Literal["stochastic", "deterministic"] = "stochastic"  # stochastic: unbiased
+    scale: Literal["row", "tensor"] = "row"  # one int8 scale per uploaded row (and table), or per client and table
+
+    @property
+    def enabled(self) -> bool:
+        return self.topk is not None or self.bits is not None
+
+
 class RunConfig(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -199,6 +291,9 @@ class RunConfig(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     defence: DefenceConfig = Field(default_factory=DefenceConfig)
+    attack: AttackConfig = Field(default_factory=AttackConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    compression: CompressionConfig = Field(default_factory=CompressionConfig)
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
@@ -206,6 +301,21 @@ class RunConfig(Section):
             raise ValueError("data.path is required when data.name = 'table'")
         self.privacy.check()
         self.defence.check()
+        self.attack.check()
+        if self.attack.enabled and self.train.mode != "federated":
+            raise ValueError("attack.* simulates malicious clients in federated training only (train.mode = 'federated')")
+        if self.train.deadline_quantile is not None and self.train.deadline_seconds is not None:
+            raise ValueError("set either train.deadline_quantile or train.deadline_seconds, not both")
+        if ((self.train.speed_sigma > 0 or self.train.late_updates != "drop")
+                and self.train.deadline_quantile is None and self.train.deadline_seconds is None):
+            raise ValueError("train.speed_sigma and train.late_updates act at a round deadline; set "
+                             "train.deadline_quantile (e.g. 0.9) or train.deadline_seconds")
+        if self.privacy.enabled and (self.train.client_weighting != "examples" or self.train.late_updates != "drop"):
+            raise ValueError("with privacy.* every client's clipped update counts once, so train.client_weighting and "
+                             "train.late_updates = 'downweight' have no effect; leave them at their defaults")
+        if self.eval.mix_beta != 1.0 and self.eval.finetune_epochs == 0:
+            raise ValueError("eval.mix_beta mixes the fine-tuned copies with the global model; "
+                             "set eval.finetune_epochs >= 1 (e.g. --set eval.finetune_epochs=1)")
         if self.defence.enabled and self.privacy.enabled:
             raise ValueError("defence.* and privacy.* cannot be combined: DP aggregates a clipped, noised sum, so the server "
                              "never sees the individual uploads the defences inspect (DP's clipping already bounds each client)")
@@ -216,6 +326,17 @@ class RunConfig(Section):
             raise ValueError("defence.* applies to federated training only (train.mode = 'federated')")
         if self.privacy.enabled and self.train.mode != "federated":
             raise ValueError("privacy (client-level DP) needs train.mode = 'federated'")
+        if (self.privacy.secure_aggregation or self.privacy.hiding != "none") and self.train.mode != "federated":
+            raise ValueError("privacy.secure_aggregation / privacy.hiding need train.mode = 'federated'")
+        if self.defence.enabled and (self.privacy.secure_aggregation or self.privacy.hiding == "pseudo"):
+            raise ValueError("defence.* cannot be combined with privacy.secure_aggregation or privacy.hiding = 'pseudo': "
+                             "the defences inspect each client's upload, the server then receives only the cohort's sum")
+        if self.compression.enabled and self.train.mode != "federated":
+            raise ValueError("compression.* compresses federated uploads; it needs train.mode = 'federated'")
+        if self.compression.enabled and (self.privacy.enabled or self.privacy.secure_aggregation
+                                         or self.privacy.hiding != "none"):
+            raise ValueError("compression.* cannot be combined with privacy.* yet (DP noise, secure aggregation and "
+                             "item hiding act on the uncompressed upload); switch one of them off")
         return self
 
 

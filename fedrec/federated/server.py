@@ -11,22 +11,32 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import TYPE_CHECKING, Callable, Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from fedrec.federated.aggregation import CohortUpdate, RowWeighting, aggregate
+from fedrec.federated.aggregation import ClientWeighting, CohortUpdate, RowWeighting, aggregate, weigh_clients
+from fedrec.federated.attacks import Adversary
 from fedrec.federated.cohort import ClientData, Sampling, sample_cohort
+from fedrec.federated.compression import Compression, compress_round, senders
 from fedrec.federated.local import CohortResult, LocalTraining
+from fedrec.federated.participation import Participation, arrive
 from fedrec.federated.reference import train_cohort_reference
+from fedrec.federated.rng import seeded_torch
 from fedrec.federated.robust import DefenceSettings, defended_aggregate
 from fedrec.federated.server_opt import ServerOptimizer
 from fedrec.federated.vectorized import train_cohort_vectorized
 from fedrec.models.base import ParamKind, RecModel, num_catalogue_items, parameter_bytes
 from fedrec.privacy.dp import CentralDP, SharedShapes, add_gaussian_noise, clip_update, noise_generator, private_mean, sum_update
 from fedrec.privacy.ldp import LocalDP, summed_noise_stddev
+from fedrec.privacy.cohort_sum import CohortSum, SecureAggregation, aggregate_sum
+from fedrec.privacy.hiding_settings import HidingSettings
+from fedrec.errors import FedrecError
+
+if TYPE_CHECKING:
+    from fedrec.privacy.upload import UploadReport
 
 Backend = Literal["vectorized", "reference"]
 BACKENDS: dict[str, Callable[..., CohortResult]] = {
@@ -47,6 +57,15 @@ class FedAvgSettings:
     sampling: Sampling = "fixed"  # "poisson" with central DP (what the accountant assumes)
     privacy: CentralDP | LocalDP | None = None  # None: plain aggregation (no clipping, no noise)
     defence: DefenceSettings | None = None  # validation + robust aggregation of the uploads (not with privacy)
+    attack: Adversary | None = None  # simulated malicious clients that craft their uploads (attacks.py)
+    client_weighting: ClientWeighting = "examples"  # imbalance: a client weighs n, 1 or sqrt(n) (aggregation.py)
+    participation: Participation | None = None  # stragglers and dropouts (participation.py)
+    hiding: HidingSettings | None = None  # item hiding applied by the clients (fedrec/privacy/hiding.py)
+    secure_aggregation: SecureAggregation | None = None  # the server learns only the cohort's sum (privacy/upload.py)
+    compression: Compression | None = None  # top-k / 8-bit uploads with error feedback (compression.py)
+    # Write the trained private rows into the user tables of the state passed in (which is then used up)
+    # instead of copying every table each round: for runtimes that own their state (the trainer).
+    private_rows_in_place: bool = False
 
 
 @dataclass
@@ -61,6 +80,7 @@ class ServerState:
     params: dict[str, Tensor]
     optimizer_state: dict[str, Tensor] = field(default_factory=dict)
     privacy_state: dict[str, Tensor] = field(default_factory=dict)
+    client_state: dict[str, Tensor] = field(default_factory=dict)  # simulated clients' own state (compression residuals)
 
 
 @dataclass(frozen=True)
@@ -72,6 +92,9 @@ class RoundStats:
     bytes_down: int
     seconds: float
     rejected: dict[str, int] = field(default_factory=dict)  # clients whose upload the defence rejected, by reason
+    dropped: int = 0  # sampled clients that dropped out before uploading
+    late: int = 0  # clients that missed the round's deadline (update dropped or down-weighted)
+    secagg_seconds: float = 0.0  # wall time of the secure-aggregation protocol (all simulated parties)
 
 
 def upload_bytes(model: RecModel, update: CohortUpdate) -> int:
@@ -91,11 +114,16 @@ def download_bytes(model: RecModel, num_clients: int) -> int:
     return num_clients * sum(parameter_bytes(spec) for spec in model.param_specs() if spec.is_shared)
 
 
-def write_private_rows(params: dict[str, Tensor], result: CohortResult) -> dict[str, Tensor]:
-    """Parameters with the clients' freshly trained private rows in place."""
+def write_private_rows(params: dict[str, Tensor], result: CohortResult, in_place: bool = False) -> dict[str, Tensor]:
+    """Parameters with the clients' freshly trained private rows in place.
+
+    ``in_place`` overwrites the rows in ``params``' own tables (cost: the cohort's rows) instead of
+    copying each table (cost: every user's row, each round).
+    """
     new = dict(params)
     for name, rows in result.private_rows.items():
-        new[name] = params[name].index_copy(0, result.users, rows)
+        new[name] = params[name].index_copy_(0, result.users, rows) if in_place else params[name].index_copy(
+            0, result.users, rows)
     return new
 
 
@@ -143,16 +171,34 @@ def private_aggregate(update: CohortUpdate, shapes: SharedShapes, privacy: Centr
     return {name: value / clients for name, value in noisy.items()}, {}
 
 
-def server_update(model: RecModel, state: ServerState, update: CohortUpdate, settings: FedAvgSettings,
-                  seed: int) -> tuple[ServerState, dict[str, int]]:
+def sum_server_update(state: ServerState, cohort_sum: CohortSum, settings: FedAvgSettings, seed: int) -> ServerState:
+    """:func:`server_update` from the cohort's sum alone (clients clipped and weighted before encoding)."""
+    if settings.defence is not None:
+        raise FedrecError("defence.* needs each client's upload, but the server received only the cohort's sum; "
+                          "switch off privacy.secure_aggregation / privacy.hiding='pseudo' or the defence")
+    privacy_state = state.privacy_state
+    clip_norm = clip_norm_of(state, settings.privacy) if isinstance(settings.privacy, CentralDP) else None
+    deltas, next_clip = aggregate_sum(cohort_sum, settings.row_weighting, settings.privacy, clip_norm,
+                                      noise_generator(seed, state.round))
+    if next_clip is not None:
+        privacy_state = {"clip_norm": torch.tensor(next_clip, dtype=torch.float64)}
+    params, optimizer_state = settings.server.step(state.params, deltas, state.optimizer_state)
+    return ServerState(state.round + 1, params, optimizer_state, privacy_state)
+
+
+def server_update(model: RecModel, state: ServerState, update: CohortUpdate | CohortSum, settings: FedAvgSettings,
+                  seed: int, client_weights: Tensor | None = None) -> tuple[ServerState, dict[str, int]]:
     """The server's half of a round: aggregate the cohort's uploads and step the shared parameters.
 
     Plain, defended (validation + robust aggregation) or private (central or local DP) aggregation,
     then the server optimiser. The simulator and the Flower deployment both call this, so a round
     is the same function in either runtime. ``state.params`` needs only the shared tensors (private
     rows, when present, pass through untouched). Returns the next state (round advanced) and the
-    defence's rejection counts.
+    defence's rejection counts. ``client_weights`` (C,) further weight the clients (late arrivals).
     """
+    if isinstance(update, CohortSum):  # secure aggregation or streamed hidden uploads: only the sums reach the server
+        return sum_server_update(state, update, settings, seed), {}
+    update = weigh_clients(update, settings.client_weighting, client_weights)  # imbalance handling, stragglers
     rejected: dict[str, int] = {}
     privacy_state = state.privacy_state
     num_items = num_catalogue_items(model)
@@ -169,6 +215,24 @@ def server_update(model: RecModel, state: ServerState, update: CohortUpdate, set
     return ServerState(state.round + 1, params, optimizer_state, privacy_state), rejected
 
 
+def privacy_upload(model: RecModel, state: ServerState, data: ClientData, cohort: np.ndarray,
+                   result: CohortResult | None, update: CohortUpdate, settings: FedAvgSettings, seed: int,
+                   client_weights: Tensor | None = None) -> tuple[CohortUpdate | CohortSum, UploadReport | None]:
+    """Client-side item hiding and secure aggregation (privacy/upload.py): what the server receives
+    instead of ``update``, and what it cost (None when both are off: ``update`` as it is)."""
+    hiding = settings.hiding is not None and settings.hiding.mode != "none"
+    if result is None or not (hiding or settings.secure_aggregation is not None):
+        return update, None
+    from fedrec.privacy.upload import cohort_upload
+
+    weighted = weigh_clients(update, settings.client_weighting, client_weights)  # clients weigh before encoding
+    clip_norm = clip_norm_of(state, settings.privacy) if isinstance(settings.privacy, CentralDP) else (
+        settings.privacy.clip_norm if isinstance(settings.privacy, LocalDP) else None)
+    received, report = cohort_upload(model, state.params, data, cohort, result, weighted, settings, seed, state.round,
+                                     clip_norm)
+    return (received if isinstance(received, CohortSum) else update), report
+
+
 def run_round(model: RecModel, state: ServerState, data: ClientData, settings: FedAvgSettings, seed: int,
               eligible: np.ndarray | None = None) -> tuple[ServerState, RoundStats]:
     """One FedAvg round (sample, train locally, :func:`server_update`); the round's randomness is a
@@ -177,19 +241,35 @@ def run_round(model: RecModel, state: ServerState, data: ClientData, settings: F
     round_index = state.round
     cohort = sample_cohort(data.num_clients, settings.client_fraction, seed, round_index, eligible, settings.sampling)
     train = BACKENDS[settings.backend]
-    result = train(model, state.params, data, cohort, settings.local, seed, round_index) if len(cohort) else None
+    result = None
+    if len(cohort):
+        with seeded_torch(seed, round_index):
+            result = train(model, state.params, data, cohort, settings.local, seed, round_index)
+    if settings.attack is not None and result is not None:  # the malicious clients replace their uploads
+        result.update = settings.attack.poison(model, state.params, result.update, cohort, seed, round_index)
+    arrived = arrive(result, data, cohort, settings.participation, settings.local.epochs, seed, round_index)
+    result = arrived.result  # the clients the server hears from (stragglers, dropouts: participation.py)
     update = result.update if result is not None else empty_update(shared_shapes(model))
-    next_state, rejected = server_update(model, state, update, settings, seed)
+    update, client_state, sent_bytes = compress_round(  # the wire: encode each upload, decode it on the server
+        model, update, senders(cohort, data.sizes, settings.participation, settings.local.epochs, seed, round_index),
+        settings.compression, state.client_state, seed, round_index)
+    received, upload = privacy_upload(model, state, data, cohort, result, update, settings, seed, arrived.weights)
+    next_state, rejected = server_update(model, state, received, settings, seed, arrived.weights)
+    next_state.client_state = client_state
     if result is not None:
-        next_state.params = write_private_rows(next_state.params, result)
+        next_state.params = write_private_rows(next_state.params, result, settings.private_rows_in_place)
     dense_upload = isinstance(settings.privacy, LocalDP)  # noise on every coordinate: the whole shared model travels
     stats = RoundStats(
         clients=len(cohort),
-        examples=int(update.client_sizes.sum()),
+        examples=int(data.sizes[cohort].sum()),
         train_loss=result.loss_sum / max(result.steps, 1) if result is not None else 0.0,
-        bytes_up=download_bytes(model, len(cohort)) if dense_upload else upload_bytes(model, update),
+        bytes_up=(upload.bytes_up if upload is not None else sent_bytes if sent_bytes is not None
+                  else download_bytes(model, len(cohort)) if dense_upload else upload_bytes(model, update)),
         bytes_down=download_bytes(model, len(cohort)),
         seconds=time.perf_counter() - began,
         rejected=rejected,
+        dropped=arrived.dropped,
+        late=arrived.late,
+        secagg_seconds=upload.secagg.seconds if upload is not None and upload.secagg is not None else 0.0,
     )
     return next_state, stats

@@ -10,15 +10,19 @@ import numpy as np
 
 from fedrec.config import RunConfig
 from fedrec.data.dataset import Dataset, Interactions, Split
-from fedrec.data.partition import Partition, per_user_partition, random_silos, silos_by_feature
+from fedrec.data.partition import (Partition, dirichlet_silos, dominant_category, item_categories_from_texts,
+                                   per_user_partition, random_silos, silo_feature_values, silos_by_feature)
 from fedrec.data.registry import canonical_name, load_dataset
 from fedrec.data.splits import (carve_validation, hold_out_items, leave_last_out_with_report, official_split,
                                  random_leave_one_out_with_report, random_ratio_split)
 from fedrec.errors import FedrecError
 from fedrec.eval.protocol import Evaluator
+from fedrec.federated.attacks import Adversary, AttackSettings, Population, build_population, resolve_targets
 from fedrec.federated.cohort import ClientData
 from fedrec.models.base import RecModel
 from fedrec.models.registry import COLD_START_MODELS, IMPLICIT_MODELS, TEXT_MODELS, build_model, model_options
+from fedrec.models.registry import SEQUENCE_MODELS
+from fedrec.models.sequence import SequenceEvaluator, prepare_sequence
 from fedrec.text.encoder import TextEncoder
 from fedrec.text.item_text import TextEmbeddings, item_text_embeddings
 
@@ -35,6 +39,7 @@ class Experiment:
     evaluator: Evaluator
     text: TextEmbeddings | None = None  # text models: the item embeddings and how they were made
     notes: tuple[str, ...] = ()  # one-line messages for the user (text encoding, cold start)
+    attack: Adversary | None = None  # simulated malicious clients (fedrec/federated/attacks.py)
 
 
 def load_data(config: RunConfig) -> Dataset:
@@ -85,16 +90,23 @@ def make_split(config: RunConfig, dataset: Dataset) -> tuple[Split, int]:
     return split, excluded
 
 
-def make_partition(config: RunConfig, dataset: Dataset) -> Partition:
+def make_partition(config: RunConfig, dataset: Dataset, train: Interactions | None = None) -> Partition:
+    """Users into clients as ``data.clients`` says; Dirichlet silos read the genres of ``train``'s items."""
     data = config.data
     if data.clients == "per_user":
         return per_user_partition(dataset.num_users)
+    if data.clients == "dirichlet":
+        flags, _ = item_categories_from_texts(dataset.item_texts)
+        if flags.shape[1] == 0:
+            raise FedrecError(f"data.clients = 'dirichlet' shares users by their favourite item category, but "
+                              f"{dataset.name} has no item categories (MovieLens genres); use data.clients = 'silos'")
+        part = train if train is not None else dataset.interactions
+        labels = dominant_category(part.users, part.items, flags, dataset.num_users)
+        return dirichlet_silos(labels, data.num_silos, data.dirichlet_alpha, data.split_seed)
     if data.silo_feature is None:
         return random_silos(dataset.num_users, data.num_silos, data.split_seed)
-    if data.silo_feature not in dataset.user_features:
-        available = ", ".join(sorted(dataset.user_features)) or "none"
-        raise FedrecError(f"data.silo_feature={data.silo_feature!r} is not a user feature of {dataset.name}; available: {available}")
-    return silos_by_feature(dataset.user_features[data.silo_feature], max_silos=data.num_silos, feature=data.silo_feature)
+    values = silo_feature_values(dataset.user_features, data.silo_feature, dataset.name)
+    return silos_by_feature(values, max_silos=data.num_silos, feature=data.silo_feature)
 
 
 def text_embeddings(config: RunConfig, dataset: Dataset, progress: bool | None = None) -> TextEmbeddings:
@@ -127,6 +139,11 @@ def prepare(config: RunConfig) -> Experiment:
         notes.append(f"cold start: {held} of {dataset.num_items} items ({len(cold)} interactions) held out of "
                      "training, each interaction ranked among the held-out items its user has not interacted with")
     text = text_embeddings(config, dataset) if name in TEXT_MODELS else None
+    if name in SEQUENCE_MODELS and config.model.cold_start_items > 0:
+        raise FedrecError(f"model.name={name!r} scores items by ID embeddings and cannot rank held-out items; "
+                          "set model.cold_start_items=0 or use text_bpr or tower_bpr")
+    if name in SEQUENCE_MODELS and config.model.item_init == "text":  # item embeddings start from the text
+        text = text_embeddings(config, dataset)
     if text is not None:
         notes.append(text.summary())
     cold_unsupported = None
@@ -137,27 +154,63 @@ def prepare(config: RunConfig) -> Experiment:
     split, excluded = make_split(config, dataset)
     if len(split.train) == 0:
         raise FedrecError(f"the {config.data.split} split of {dataset.name} has no training interactions; check the data")
-    partition = make_partition(config, dataset)
+    partition = make_partition(config, dataset, split.train)
+    population = attack_population(config, dataset, split, partition, ranking)  # + malicious clients under [attack]
     # negatives are sampled from items 0..num_items-1: with the cold-start protocol, the warm items only
-    clients = ClientData.from_interactions(split.train, partition.client_of_user, partition.num_clients,
+    clients = ClientData.from_interactions(population.train, population.client_of_user, population.num_clients,
                                            num_items=warm_items if warm_items is not None else dataset.num_items)
     options = config.model.options()
     if "global_mean" in model_options(config.model.name):
         options["global_mean"] = float(np.mean(split.train.ratings))
-    model = build_model(config.model.name, options, dataset.num_users, dataset.num_items,
+    model = build_model(config.model.name, options, population.num_users, dataset.num_items,
                         item_text=text.embeddings if text is not None else None)
+    validation_histories = None
+    if name in SEQUENCE_MODELS:  # examples are windows of each user's items by time (fedrec/models/sequence.py)
+        clients, model, validation_histories, sequence_note = prepare_sequence(
+            model, split, partition.client_of_user, partition.num_clients)
+        notes.append(sequence_note)
     if ranking and max(config.eval.ks) > dataset.num_items:
         raise FedrecError(f"eval.ks has K={max(config.eval.ks)} but {dataset.name} has only {dataset.num_items} items; "
                           f"use K <= {dataset.num_items}")
     idle = int(np.sum(clients.sizes == 0))
     evaluator = Evaluator(model, split, ranking, dataset.rating_range, config.eval.ks, config.eval.sampled_negatives,
-                          config.eval.seed, warm_items=warm_items, cold=cold, cold_unsupported=cold_unsupported)
+                          config.eval.seed, warm_items=warm_items, cold=cold, cold_unsupported=cold_unsupported,
+                          exposure_targets=population.targets)
+    if name in SEQUENCE_MODELS:  # ranks from each user's latest history (validation: the one before it)
+        evaluator = SequenceEvaluator(model, split, ranking, dataset.rating_range, config.eval.ks,
+                                      config.eval.sampled_negatives, config.eval.seed,
+                                      validation_histories=validation_histories)
     for note in notes:
         _console().print(note, highlight=False, markup=False, soft_wrap=True)
-    return Experiment(dataset, split, partition, clients, model, excluded, idle, evaluator, text, tuple(notes))
+    return Experiment(dataset, split, partition, clients, model, excluded, idle, evaluator, text, tuple(notes),
+                      attack=population.adversary)
 
 
 def _console():  # noqa: ANN202 - rich is imported lazily
     from rich.console import Console
 
     return Console(stderr=True)
+
+
+#: models whose clients are built from the plain training interactions, so fake users can join them
+ATTACKABLE_MODELS = ("bpr", "ncf", "text_bpr", "tower_bpr")
+
+
+def attack_population(config: RunConfig, dataset: Dataset, split: Split, partition: Partition, ranking: bool) -> Population:
+    """The training population: the benign one, plus fake users and their clients under ``[attack]``; and the
+    target items whose exposure is measured (``attack.num_targets`` / ``attack.target_items``, attack or not)."""
+    attack = config.attack
+    targets = resolve_targets(split.train, dataset.item_ids, attack.num_targets, attack.target_items, attack.target_seed)
+    if targets is not None and not ranking:
+        raise FedrecError(f"exposure of target items (attack.*) needs a ranking model; model.name={config.model.name!r} "
+                          "predicts ratings: use bpr or ncf")
+    if attack.enabled and config.model.name not in ATTACKABLE_MODELS:
+        raise FedrecError(f"attack.method={attack.method!r} is not supported with model.name={config.model.name!r}; "
+                          f"use one of {', '.join(ATTACKABLE_MODELS)}")
+    settings = None
+    if attack.enabled:
+        settings = AttackSettings(attack.method, attack.malicious_fraction, attack.filler_items,  # type: ignore[arg-type]
+                                  attack.popular_items, attack.public_fraction, attack.norm_multiplier, attack.norm_bound,
+                                  attack.top_k, attack.user_steps, attack.promotion_weight, attack.seed)
+    return build_population(split.train, dataset.num_users, dataset.num_items, partition.client_of_user,
+                            partition.num_clients, targets, settings)

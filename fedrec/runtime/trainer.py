@@ -18,6 +18,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,10 @@ from torch import Tensor
 
 from fedrec.config import RunConfig, config_to_json
 from fedrec.errors import FedrecError
+from fedrec.federated.attacks import Adversary
+from fedrec.federated.compression import Compression
 from fedrec.federated.local import LocalTraining
+from fedrec.federated.participation import Participation
 from fedrec.federated.personalize import finetune
 from fedrec.federated.robust import DefenceSettings, RobustSettings, ValidationSettings
 from fedrec.federated.server import FedAvgSettings, ServerState, run_round
@@ -36,6 +40,8 @@ from fedrec.runtime.checkpoint import CHECKPOINT_NAME, atomic_write_text, load_c
 from fedrec.runtime.experiment import Experiment, prepare
 from fedrec.privacy.dp import CentralDP
 from fedrec.privacy.ldp import LocalDP
+from fedrec.privacy.cohort_sum import SecureAggregation
+from fedrec.privacy.hiding_settings import HidingSettings
 
 RoundCallback = Callable[[dict[str, Any]], None]
 
@@ -67,10 +73,11 @@ def privacy_settings(config: RunConfig, eligible_clients: int, noise_multiplier:
     return settings
 
 
-def fedavg_settings(config: RunConfig, privacy: CentralDP | LocalDP | None = None) -> FedAvgSettings:
+def fedavg_settings(config: RunConfig, privacy: CentralDP | LocalDP | None = None,
+                    attack: Adversary | None = None) -> FedAvgSettings:
     train = config.train
     return FedAvgSettings(
-        local=LocalTraining(train.local_epochs, train.local_lr, train.batch_size, train.private_lr),
+        local=LocalTraining(train.local_epochs, train.local_lr, train.batch_size, train.private_lr, train.prox_mu),
         client_fraction=train.client_fraction,
         server=ServerOptimizer(train.server_optimizer, train.server_lr, train.server_momentum,
                                train.server_beta1, train.server_beta2, train.server_tau, train.server_lazy_rows),
@@ -79,7 +86,47 @@ def fedavg_settings(config: RunConfig, privacy: CentralDP | LocalDP | None = Non
         sampling="poisson" if isinstance(privacy, CentralDP) else "fixed",
         privacy=privacy,
         defence=defence_settings(config),
+        attack=attack,
+        client_weighting=train.client_weighting,
+        participation=participation_settings(config),
+        hiding=hiding_settings(config),
+        secure_aggregation=secure_aggregation_settings(config),
+        compression=compression_settings(config),
     )
+
+
+def compression_settings(config: RunConfig) -> Compression | None:
+    """Upload compression from ``[compression]`` (None when off)."""
+    c = config.compression
+    return Compression(c.topk, c.bits, c.error_feedback, c.rounding, c.scale) if c.enabled else None
+
+
+def hiding_settings(config: RunConfig) -> HidingSettings | None:
+    """Item hiding from ``privacy.hiding`` (None when off)."""
+    p = config.privacy
+    if p.hiding == "none":
+        return None
+    return HidingSettings(p.hiding, p.pseudo_items, p.pseudo_ratio, p.pseudo_per_round, p.pseudo_values)
+
+
+def secure_aggregation_settings(config: RunConfig) -> SecureAggregation | None:
+    """Secure aggregation from ``privacy.secure_aggregation`` (None when off)."""
+    p = config.privacy
+    if not p.secure_aggregation:
+        return None
+    from fedrec.privacy.fixedpoint import FixedPoint
+    from fedrec.privacy.secagg import SecAggSettings
+
+    return SecureAggregation(SecAggSettings(FixedPoint(max_abs=p.secagg_max_abs), threshold_fraction=p.secagg_threshold),
+                             p.secagg_dropout)
+
+
+def participation_settings(config: RunConfig) -> Participation | None:
+    """Stragglers and dropouts from ``train.*``; None when neither is simulated."""
+    train = config.train
+    settings = Participation(train.client_dropout, train.speed_sigma, train.seconds_per_example,
+                             train.deadline_quantile, train.deadline_seconds, train.late_updates)
+    return settings if settings.active else None
 
 
 def defence_settings(config: RunConfig) -> DefenceSettings | None:
@@ -109,10 +156,74 @@ def _comparable(config_json: str) -> dict[str, Any]:
 def public_start(params: dict[str, Tensor], exp: Experiment) -> dict[str, Tensor]:
     """Initial parameters that depend on no client's data: under DP the global bias starts at the middle
     of the (public) rating scale instead of the training mean, which no mechanism protects."""
-    if "global_bias" not in params or exp.dataset.rating_range is None:
+    return public_start_params(params, exp.dataset.rating_range)
+
+
+def public_start_params(params: dict[str, Tensor], rating_range: tuple[float, float] | None) -> dict[str, Tensor]:
+    """:func:`public_start` given the rating scale (also used by the Flower server, which has no dataset)."""
+    if "global_bias" not in params or rating_range is None:
         return params
-    low, high = exp.dataset.rating_range
+    low, high = rating_range
     return {**params, "global_bias": torch.full_like(params["global_bias"], (low + high) / 2)}
+
+
+def privacy_spent(config: RunConfig, privacy: CentralDP | LocalDP | None, rounds: int,
+                  privacy_state: dict[str, Tensor]) -> dict[str, Any]:
+    """Privacy spent after ``rounds`` rounds, as history.jsonl records it (empty when privacy is off)."""
+    from fedrec.privacy.accountant import epsilon, epsilon_pld
+
+    delta = config.privacy.delta
+    if isinstance(privacy, LocalDP):
+        return {"local_epsilon": privacy.epsilon, "local_delta": privacy.delta}
+    if not isinstance(privacy, CentralDP):
+        return {}
+    assert delta is not None
+    q = config.train.client_fraction
+    record: dict[str, Any] = {
+        "epsilon": epsilon(privacy.noise_multiplier, q, rounds, delta),
+        "epsilon_pld": epsilon_pld(privacy.noise_multiplier, q, rounds, delta),
+        "delta": delta,
+    }
+    if privacy.adaptive:
+        record["clip_norm"] = float(privacy_state.get("clip_norm", torch.tensor(privacy.clip_norm)))
+    return record
+
+
+def budget_stop_reason(config: RunConfig, privacy: CentralDP | LocalDP | None, finished_rounds: int) -> str | None:
+    """Why the run stops before round ``finished_rounds + 1`` (it would exceed privacy.epsilon), else None."""
+    from fedrec.privacy.accountant import epsilon
+
+    target, delta = config.privacy.epsilon, config.privacy.delta
+    if not isinstance(privacy, CentralDP) or target is None or delta is None:
+        return None
+    q = config.train.client_fraction
+    spent = epsilon(privacy.noise_multiplier, q, finished_rounds + 1, delta)
+    if spent <= target * (1 + 1e-9):
+        return None
+    return (f"privacy budget reached: round {finished_rounds + 1} would spend epsilon {spent:.3f} > "
+            f"privacy.epsilon = {target:g}; stopped after {finished_rounds} rounds")
+
+
+def privacy_summary(config: RunConfig, privacy: CentralDP | LocalDP | None, rounds: int,
+                    privacy_state: dict[str, Tensor], stop_reason: str | None) -> dict[str, Any]:
+    """Privacy entries of metrics.json: the epsilon actually spent (central) or per round (local)."""
+    if privacy is None:
+        return {}
+    entries: dict[str, Any] = {"privacy_mode": config.privacy.mode, "clip_norm": config.privacy.clip_norm}
+    entries.update(privacy_spent(config, privacy, rounds, privacy_state))
+    if isinstance(privacy, CentralDP):
+        entries.update(noise_multiplier=privacy.noise_multiplier, sampling_prob=config.train.client_fraction,
+                       expected_clients=privacy.expected_clients)
+        if privacy.adaptive:
+            entries["update_noise_multiplier"] = privacy.update_noise
+    else:
+        entries.update(local_noise_stddev=privacy.stddev, local_epsilon_total=privacy.epsilon * rounds)
+    if stop_reason is not None:
+        entries.update(stopped=stop_reason)
+    for key, value in list(entries.items()):
+        if isinstance(value, float) and math.isinf(value):
+            entries[key] = "inf"
+    return entries
 
 
 class _Run:
@@ -123,13 +234,14 @@ class _Run:
         self.federated = config.train.mode == "federated"
         self.eligible = exp.clients.sizes > 0  # clients with no training data are never sampled
         self.privacy = privacy_settings(config, int(self.eligible.sum()))
-        self.settings = fedavg_settings(config, self.privacy)
+        self.settings = fedavg_settings(config, self.privacy, exp.attack)
         self.privacy_state: dict[str, Tensor] = {}
         self.stop_reason: str | None = None
         self.params = exp.model.init_params(torch.Generator().manual_seed(config.train.seed))
         if self.privacy is not None:
             self.params = public_start(self.params, exp)
         self.server_state: dict[str, Tensor] = {}
+        self.client_state: dict[str, Tensor] = {}  # the simulated clients' own state (compression residuals)
         self.central_optimizer: torch.optim.Optimizer | None = None
         if not self.federated:
             for value in self.params.values():
@@ -150,6 +262,7 @@ class _Run:
         tensors = {f"param/{k}": v.detach() for k, v in self.params.items()}
         tensors.update({f"server/{k}": v for k, v in self.server_state.items()})
         tensors.update({f"privacy/{k}": v for k, v in self.privacy_state.items()})
+        tensors.update({f"client/{k}": v for k, v in self.client_state.items()})
         meta: dict[str, Any] = {
             "round": self.round, "seconds": self.seconds, "bytes_up": self.bytes_up, "bytes_down": self.bytes_down,
             "config": config_to_json(self.config),
@@ -180,10 +293,11 @@ class _Run:
                 value.copy_(tensors[f"param/{name}"])
         self.server_state = {k[len("server/"):]: v for k, v in tensors.items() if k.startswith("server/")}
         self.privacy_state = {k[len("privacy/"):]: v for k, v in tensors.items() if k.startswith("privacy/")}
+        self.client_state = {k[len("client/"):]: v for k, v in tensors.items() if k.startswith("client/")}
         if isinstance(self.privacy, CentralDP) and "noise_multiplier" in meta:
             # the noise was calibrated to the rounds first configured; a resume with more rounds keeps it
             self.privacy = privacy_settings(self.config, int(self.eligible.sum()), float(meta["noise_multiplier"]))
-            self.settings = fedavg_settings(self.config, self.privacy)
+            self.settings = fedavg_settings(self.config, self.privacy, self.exp.attack)
         if self.central_optimizer is not None and "optim_groups" in meta:
             state: dict[int, dict[str, Tensor]] = {}
             for key, value in tensors.items():
@@ -203,16 +317,23 @@ class _Run:
         began = time.perf_counter()
         record: dict[str, Any] = {"round": self.round + 1}
         if self.federated:
-            state = ServerState(self.round, self.params, self.server_state, self.privacy_state)
-            state, stats = run_round(self.exp.model, state, self.exp.clients, self.settings,
+            state = ServerState(self.round, self.params, self.server_state, self.privacy_state, self.client_state)
+            # the run owns its parameters: the round writes the clients' new private rows into them in place
+            state, stats = run_round(self.exp.model, state, self.exp.clients,
+                                     replace(self.settings, private_rows_in_place=True),
                                      self.config.train.seed, self.eligible)
             self.params, self.server_state, self.privacy_state = state.params, state.optimizer_state, state.privacy_state
+            self.client_state = state.client_state
             self.bytes_up += stats.bytes_up
             self.bytes_down += stats.bytes_down
             record.update(train_loss=stats.train_loss, clients=stats.clients, bytes_up=stats.bytes_up,
                           bytes_down=stats.bytes_down)
             if self.settings.defence is not None:
                 record.update(rejected=sum(stats.rejected.values()), rejected_by_reason=stats.rejected)
+            if self.settings.participation is not None:
+                record.update(dropped=stats.dropped, late=stats.late)
+            if self.settings.secure_aggregation is not None:
+                record.update(secagg_seconds=round(stats.secagg_seconds, 4))
         else:
             assert self.central_optimizer is not None
             loss = train_epoch(self.exp.model, self.params, self.central_optimizer, self.exp.clients,
@@ -230,39 +351,12 @@ class _Run:
     # -- privacy ------------------------------------------------------------------------------
     def privacy_record(self, rounds: int) -> dict[str, Any]:
         """Privacy spent after ``rounds`` rounds (empty when privacy is off)."""
-        from fedrec.privacy.accountant import epsilon, epsilon_pld
-
-        privacy = self.privacy
-        delta = self.config.privacy.delta
-        if isinstance(privacy, LocalDP):
-            return {"local_epsilon": privacy.epsilon, "local_delta": privacy.delta}
-        if not isinstance(privacy, CentralDP):
-            return {}
-        assert delta is not None
-        q = self.config.train.client_fraction
-        record: dict[str, Any] = {
-            "epsilon": epsilon(privacy.noise_multiplier, q, rounds, delta),
-            "epsilon_pld": epsilon_pld(privacy.noise_multiplier, q, rounds, delta),
-            "delta": delta,
-        }
-        if privacy.adaptive:
-            record["clip_norm"] = float(self.privacy_state.get("clip_norm", torch.tensor(privacy.clip_norm)))
-        return record
+        return privacy_spent(self.config, self.privacy, rounds, self.privacy_state)
 
     def budget_exceeded(self) -> bool:
         """Whether one more round would spend more than the target epsilon (sets ``stop_reason``)."""
-        from fedrec.privacy.accountant import epsilon
-
-        target, delta = self.config.privacy.epsilon, self.config.privacy.delta
-        if not isinstance(self.privacy, CentralDP) or target is None or delta is None:
-            return False
-        q = self.config.train.client_fraction
-        spent = epsilon(self.privacy.noise_multiplier, q, self.round + 1, delta)
-        if spent <= target * (1 + 1e-9):
-            return False
-        self.stop_reason = (f"privacy budget reached: round {self.round + 1} would spend epsilon {spent:.3f} > "
-                            f"privacy.epsilon = {target:g}; stopped after {self.round} rounds")
-        return True
+        self.stop_reason = budget_stop_reason(self.config, self.privacy, self.round)
+        return self.stop_reason is not None
 
     def detached(self) -> dict[str, Tensor]:
         return {k: v.detach() for k, v in self.params.items()}
@@ -271,6 +365,10 @@ class _Run:
 def train(config: RunConfig, out_dir: Path, resume: bool = False, on_round: RoundCallback | None = None,
           on_start: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Run (or resume) the configured job; returns the final metrics also written to metrics.json."""
+    if config.model.name == "lora_bpr":  # federated LoRA of the text encoder: its own round loop (fedrec/text/lora_run.py)
+        from fedrec.text.lora_run import train_lora
+
+        return train_lora(config, out_dir, resume=resume, on_round=on_round, on_start=on_start)
     # Same seed, same model: some CPU kernels (embedding backward with repeated indices) otherwise
     # accumulate in a thread-dependent order. Measured cost here: none (BENCHMARKS.md machine).
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -311,7 +409,8 @@ def final_metrics(run: _Run) -> dict[str, Any]:
     if finetune_epochs and run.federated:
         train = run.config.train
         local = LocalTraining(finetune_epochs, train.local_lr, train.batch_size, train.private_lr)
-        personal = finetune(exp.model, params, exp.clients, exp.partition.client_of_user, local, train.seed)
+        personal = finetune(exp.model, params, exp.clients, exp.partition.client_of_user, local, train.seed,
+                            mix_beta=run.config.eval.mix_beta)
         metrics.update(exp.evaluator(params, personal, prefix="finetuned_", validation=False))
     metrics.update(exp.evaluator.popularity_baseline())
     metrics.update(
@@ -328,28 +427,14 @@ def final_metrics(run: _Run) -> dict[str, Any]:
         idle_clients=exp.idle_clients,
         excluded_users=exp.excluded_users,
     )
+    targets = getattr(exp.evaluator, "exposure_targets", None)
+    if targets is not None:  # [attack]: which items er@K measures, and who attacked them (fedrec/federated/attacks.py)
+        metrics.update(attack=run.config.attack.method, malicious_clients=exp.attack.num_malicious if exp.attack else 0,
+                       target_items=[str(exp.dataset.item_ids[i]) for i in targets])
     metrics.update(final_privacy(run))
     return metrics
 
 
 def final_privacy(run: _Run) -> dict[str, Any]:
     """Privacy entries of metrics.json: the epsilon actually spent (central) or per round (local)."""
-    privacy = run.privacy
-    if privacy is None:
-        return {}
-    entries: dict[str, Any] = {"privacy_mode": run.config.privacy.mode, "clip_norm": run.config.privacy.clip_norm}
-    entries.update(run.privacy_record(run.round))
-    if isinstance(privacy, CentralDP):
-        entries.update(noise_multiplier=privacy.noise_multiplier, sampling_prob=run.config.train.client_fraction,
-                       expected_clients=privacy.expected_clients)
-        if privacy.adaptive:
-            entries["update_noise_multiplier"] = privacy.update_noise
-    else:
-        entries.update(local_noise_stddev=privacy.stddev, local_epsilon_total=privacy.epsilon * run.round)
-    if run.stop_reason is not None:
-        entries.update(stopped=run.stop_reason)
-    for key, value in list(entries.items()):
-        if isinstance(value, float) and math.isinf(value):
-            entries[key] = "inf"
-    return entries
-
+    return privacy_summary(run.config, run.privacy, run.round, run.privacy_state, run.stop_reason)
