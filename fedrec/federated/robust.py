@@ -287,10 +287,12 @@ def _groups(groups: Tensor, num_groups: int) -> _Groups:
 
 def _sorted_within_groups(vectors: Tensor, groups: Tensor, layout: _Groups) -> tuple[Tensor, Tensor, Tensor]:
     """Each column of (R, D) sorted within its group: (values (R, D), group of each row, rank in group)."""
-    values, by_value = torch.sort(vectors, dim=0, stable=True)
+    # Sorting along the contiguous last dimension of the (D, R) transpose is several times faster than
+    # sorting the strided columns of (R, D); the stable sorts give the same order either way.
+    values, by_value = torch.sort(vectors.t().contiguous(), dim=1, stable=True)
     group_of = groups[by_value]
-    _, by_group = torch.sort(group_of, dim=0, stable=True)
-    values = values.gather(0, by_group)
+    _, by_group = torch.sort(group_of, dim=1, stable=True)
+    values = values.gather(1, by_group).t()
     sorted_groups = layout.sorted_groups
     rank = torch.arange(len(sorted_groups)) - layout.starts[sorted_groups]
     return values, sorted_groups, rank
