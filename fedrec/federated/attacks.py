@@ -42,6 +42,7 @@ from fedrec.data.dataset import Interactions
 from fedrec.errors import FedrecError
 from fedrec.federated import rng
 from fedrec.federated.aggregation import CohortUpdate, keep_clients
+from fedrec.federated.robust import update_norms
 from fedrec.models.base import ExampleBatch, ParamKind, RecModel, gather_rows, score_all_items
 
 AttackMethod = Literal["random", "bandwagon", "fedrec_attack", "pip_attack"]
@@ -205,14 +206,7 @@ def pip_attack_direction(model: RecModel, params: dict[str, Tensor], targets: Te
     return {name: -grad for name, grad in zip(leaves, grads)}
 
 
-def client_norms(update: CohortUpdate) -> Tensor:
-    """L2 norm of each client's whole upload: (C,)."""
-    squares = torch.zeros(update.num_clients, dtype=torch.float64)
-    for value in update.row_deltas.values():
-        squares.index_add_(0, update.row_clients, value.reshape(value.shape[0], -1).double().square().sum(1))
-    for value in update.dense_deltas.values():
-        squares += value.reshape(value.shape[0], -1).double().square().sum(1)
-    return squares.sqrt()
+client_norms = update_norms  # L2 norm of each client's whole upload: (C,)
 
 
 def upload_bounds(honest: CohortUpdate, settings: AttackSettings) -> Tensor:

@@ -28,7 +28,8 @@ from fedrec.federated.server_opt import ServerOptimizer
 from fedrec.generic.data import ClassificationTask, digits_arrays, majority_baseline, ml100k_genre_task, mnist_arrays, partition_task
 from fedrec.generic.federated import (GenericSettings, GenericState, LocalSGD, classification_metrics, model_params,
                                       personalised_accuracy, run_generic_round)
-from fedrec.runtime.checkpoint import CHECKPOINT_NAME, atomic_write_text, load_checkpoint, save_checkpoint
+from fedrec.runtime.checkpoint import (CHECKPOINT_NAME, atomic_write_text, check_resumable, load_checkpoint,
+                                       save_checkpoint)
 
 RoundCallback = Callable[[dict[str, Any]], None]
 
@@ -209,14 +210,9 @@ def _save(path: Path, state: GenericState, counters: dict[str, Any], config: Cla
 
 def _restore(path: Path, state: GenericState, config: ClassifierConfig) -> tuple[GenericState, dict[str, Any]]:
     tensors, meta = load_checkpoint(path)
-    if "config" not in meta or "round" not in meta or any(f"param/{k}" not in tensors for k in state.params):
-        raise FedrecError(f"{path} is not a checkpoint of this classifier; delete it or use a new --out")
-    if _comparable(meta["config"]) != _comparable(_config_json(config)):
-        raise FedrecError(f"the checkpoint in {path.parent} was made with a different config; resume with the same "
-                          "config (only train.rounds may change) or use a new --out")
-    if int(meta["round"]) > config.train.rounds:
-        raise FedrecError(f"the run in {path.parent} has already finished {meta['round']} rounds; "
-                          f"set train.rounds >= {meta['round']} to resume it")
+    missing = any(f"param/{k}" not in tensors for k in state.params)
+    check_resumable(path, meta, missing, _config_json(config), _comparable, config.train.rounds,
+                    "a checkpoint of this classifier")
     params = {k: tensors[f"param/{k}"] for k in state.params}
     server = {k[len("server/"):]: v for k, v in tensors.items() if k.startswith("server/")}
     local: dict[int, dict[str, Tensor]] = {}

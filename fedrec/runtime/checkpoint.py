@@ -10,7 +10,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -64,3 +64,17 @@ def load_checkpoint(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
         return load_file(str(path)), meta
     except (SafetensorError, OSError, json.JSONDecodeError, ValueError) as error:
         raise FedrecError(f"checkpoint {path} is unreadable ({error}); delete it to start the run over") from None
+
+
+def check_resumable(path: Path, meta: dict[str, Any], missing: bool, config_json: str,
+                    comparable: Callable[[str], Any], rounds: int, what: str) -> None:
+    """Refuse, in one line, to resume from a checkpoint that is not ``what`` (or lacks tensors), was made
+    with a different config (as ``comparable`` sees it), or has already run more than ``rounds`` rounds."""
+    if "config" not in meta or "round" not in meta or missing:
+        raise FedrecError(f"{path} is not {what}; delete it or use a new --out")
+    if comparable(meta["config"]) != comparable(config_json):
+        raise FedrecError(f"the checkpoint in {path.parent} was made with a different config; resume with the same "
+                          "config (only train.rounds may change) or use a new --out")
+    if int(meta["round"]) > rounds:
+        raise FedrecError(f"the run in {path.parent} has already finished {meta['round']} rounds; "
+                          f"set train.rounds >= {meta['round']} to resume it")

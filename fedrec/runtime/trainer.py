@@ -36,7 +36,8 @@ from fedrec.federated.robust import DefenceSettings, RobustSettings, ValidationS
 from fedrec.federated.server import FedAvgSettings, ServerState, run_round
 from fedrec.federated.server_opt import ServerOptimizer
 from fedrec.runtime.centralized import CentralSettings, make_optimizer, train_epoch
-from fedrec.runtime.checkpoint import CHECKPOINT_NAME, atomic_write_text, load_checkpoint, save_checkpoint
+from fedrec.runtime.checkpoint import (CHECKPOINT_NAME, atomic_write_text, check_resumable, load_checkpoint,
+                                       save_checkpoint)
 from fedrec.runtime.experiment import Experiment, prepare
 from fedrec.privacy.dp import CentralDP
 from fedrec.privacy.ldp import LocalDP
@@ -279,15 +280,9 @@ class _Run:
 
     def restore(self, path: Path) -> None:
         tensors, meta = load_checkpoint(path)
-        missing = [name for name in self.params if f"param/{name}" not in tensors]
-        if "config" not in meta or "round" not in meta or missing:
-            raise FedrecError(f"{path} is not a fedrec checkpoint for this model; delete it or use a new --out")
-        if _comparable(meta["config"]) != _comparable(config_to_json(self.config)):
-            raise FedrecError(f"the checkpoint in {self.out_dir} was made with a different config; "
-                              "resume with the same config (only train.rounds may change) or use a new --out")
-        if int(meta["round"]) > self.config.train.rounds:
-            raise FedrecError(f"the run in {self.out_dir} has already finished {meta['round']} rounds; "
-                              f"set train.rounds >= {meta['round']} to resume it")
+        missing = any(f"param/{name}" not in tensors for name in self.params)
+        check_resumable(path, meta, missing, config_to_json(self.config), _comparable, self.config.train.rounds,
+                        "a fedrec checkpoint for this model")
         with torch.no_grad():
             for name, value in self.params.items():
                 value.copy_(tensors[f"param/{name}"])

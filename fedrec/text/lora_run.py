@@ -27,7 +27,8 @@ import torch
 from fedrec.config import RunConfig, config_to_json
 from fedrec.errors import FedrecError
 from fedrec.federated.server_opt import ServerOptimizer
-from fedrec.runtime.checkpoint import CHECKPOINT_NAME, atomic_write_text, load_checkpoint, save_checkpoint
+from fedrec.runtime.checkpoint import (CHECKPOINT_NAME, atomic_write_text, check_resumable, load_checkpoint,
+                                       save_checkpoint)
 from fedrec.runtime.experiment import Experiment, prepare
 from fedrec.text.encoder import TextEncoder
 from fedrec.text.lora import (HEAD_NAMES, FrozenTable, ItemEmbedder, LocalSteps, LoraEncoder, LoraSettings, LoraState,
@@ -171,14 +172,8 @@ def _restore(path: Path, state: LoraState, config: RunConfig) -> tuple[LoraState
     tensors, meta = load_checkpoint(path)
     missing = [k for k in state.shared if f"shared/{k}" not in tensors] + (
         [] if "private/user_vec" in tensors else ["user_vec"])
-    if "config" not in meta or "round" not in meta or missing:
-        raise FedrecError(f"{path} is not a checkpoint of this {MODEL_NAME} run; delete it or use a new --out")
-    if _comparable(meta["config"]) != _comparable(config_to_json(config)):
-        raise FedrecError(f"the checkpoint in {path.parent} was made with a different config; resume with the same "
-                          "config (only train.rounds may change) or use a new --out")
-    if int(meta["round"]) > config.train.rounds:
-        raise FedrecError(f"the run in {path.parent} has already finished {meta['round']} rounds; "
-                          f"set train.rounds >= {meta['round']} to resume it")
+    check_resumable(path, meta, bool(missing), config_to_json(config), _comparable, config.train.rounds,
+                    f"a checkpoint of this {MODEL_NAME} run")
     shared = {k: tensors[f"shared/{k}"] for k in state.shared}
     server = {k[len("server/"):]: v for k, v in tensors.items() if k.startswith("server/")}
     counters = {k: meta[k] for k in ("seconds", "bytes_up", "bytes_down")}
