@@ -50,9 +50,9 @@ def local_copies(model: RecModel, params: dict[str, Tensor], users: np.ndarray, 
     start: dict[str, Tensor] = {}
     for spec in model.param_specs():
         if spec.kind is ParamKind.PRIVATE_ROWS:
-            start[spec.name] = params[spec.name][torch.from_numpy(users)]
+            start[spec.name] = params[spec.name].index_select(0, torch.from_numpy(users))
         elif spec.kind is ParamKind.SHARED_ROWS:
-            start[spec.name] = params[spec.name][torch.from_numpy(row_items)]
+            start[spec.name] = params[spec.name].index_select(0, torch.from_numpy(row_items))
         else:
             start[spec.name] = params[spec.name].unsqueeze(0).expand(num_clients, *spec.shape)
     return start

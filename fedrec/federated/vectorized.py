@@ -44,50 +44,66 @@ def train_cohort_vectorized(model: RecModel, params: dict[str, Tensor], data: Cl
     start = local_copies(model, params, own_users, row_items, num_clients)
     tables = {name: value.clone() for name, value in start.items()}
 
-    # Within a step, each client's copies are contiguous: lay the step out as (clients, batch),
+    # Within a step, each client's copies are contiguous: lay every step out as (clients, batch),
     # padded, so that every client's dense tensors are used once per step, not copied per example.
+    # The layout of all steps is built once; a step is a slice of it. Padding points at copy 0 with
+    # weight 0, so it contributes nothing (its gradient is zero and adds nothing to copy 0's rows).
     new_group = np.r_[True, (np.diff(copy_client) != 0) | (np.diff(_step_of(schedule.step_bounds)) != 0)]
     group_of_copy = np.cumsum(new_group) - 1  # (M,)
     group_first = np.flatnonzero(new_group)
     slot_of_copy = np.arange(len(copy_client)) - group_first[group_of_copy]  # (M,) position in its group
-    group_client = torch.from_numpy(copy_client[group_first])  # (groups,) cohort position of each group
-    user_row_t, item_row_t = torch.from_numpy(user_row), torch.from_numpy(item_row)
-    targets = torch.from_numpy(data.targets[data_index])
-    weights = torch.from_numpy(schedule.weight)  # 1 / size of the client's batch
+    width = int(slot_of_copy.max()) + 1 if len(slot_of_copy) else 1
+    padded_copy = np.zeros((len(group_first), width), dtype=np.int64)  # (groups, width)
+    padded_copy[group_of_copy, slot_of_copy] = np.arange(len(copy_client))
+    real = np.zeros(padded_copy.shape, dtype=bool)
+    real[group_of_copy, slot_of_copy] = True
+    group_width = real.sum(1)  # (groups,) copies in each group
+    layout_index = {
+        ParamKind.PRIVATE_ROWS: torch.from_numpy(user_row[padded_copy]),  # (groups, width)
+        ParamKind.SHARED_ROWS: torch.from_numpy(item_row[padded_copy]),  # (groups, width, S)
+        ParamKind.SHARED_DENSE: torch.from_numpy(copy_client[group_first]),  # (groups,)
+    }
+    # Weight 1 / size of the client's batch per copy, 0 on padding; the copies' targets.
+    layout_weight = torch.from_numpy(np.where(real, schedule.weight[padded_copy], 0.0).astype(np.float32))
+    layout_target = torch.from_numpy(data.targets[data_index][padded_copy])
     specs = model.param_specs()
+    row_lr = {spec.name: local.lr_of(spec.kind is ParamKind.PRIVATE_ROWS) for spec in specs}
+    row_clients_t = torch.from_numpy(row_clients)
 
     loss_sum = 0.0
     bounds = schedule.step_bounds
     for step in range(len(bounds) - 1):
         lo, hi = int(bounds[step]), int(bounds[step + 1])  # the copies trained at this step
         g_lo, g_hi = int(group_of_copy[lo]), int(group_of_copy[hi - 1]) + 1
-        group = torch.from_numpy(group_of_copy[lo:hi] - g_lo)
-        slot = torch.from_numpy(slot_of_copy[lo:hi])
-        shape = (g_hi - g_lo, int(slot.max()) + 1)  # (G, N)
-        padded_copy = torch.zeros(shape, dtype=torch.int64)
-        padded_copy[group, slot] = torch.arange(lo, hi)
-        real = torch.zeros(shape, dtype=torch.bool)
-        real[group, slot] = True
+        n = int(group_width[g_lo:g_hi].max())
         step_index = {
-            ParamKind.PRIVATE_ROWS: user_row_t[padded_copy],  # (G, N)
-            ParamKind.SHARED_ROWS: item_row_t[padded_copy],  # (G, N, S)
-            ParamKind.SHARED_DENSE: group_client[g_lo:g_hi],  # (G,)
+            ParamKind.PRIVATE_ROWS: layout_index[ParamKind.PRIVATE_ROWS][g_lo:g_hi, :n].reshape(-1),  # (G * N,)
+            ParamKind.SHARED_ROWS: layout_index[ParamKind.SHARED_ROWS][g_lo:g_hi, :n].reshape(-1),  # (G * N * S,)
+            ParamKind.SHARED_DENSE: layout_index[ParamKind.SHARED_DENSE][g_lo:g_hi],  # (G,)
         }
-        leaves = [tables[spec.name][step_index[spec.kind]].requires_grad_() for spec in specs]
+        step_shape = {
+            ParamKind.PRIVATE_ROWS: (g_hi - g_lo, n),
+            ParamKind.SHARED_ROWS: (g_hi - g_lo, n, slots),
+            ParamKind.SHARED_DENSE: (g_hi - g_lo,),
+        }
+        # index_select on a flat index: several times faster than advanced indexing with (G, N) indices
+        leaves = [tables[spec.name].index_select(0, step_index[spec.kind]).view(*step_shape[spec.kind], *spec.row_shape)
+                  .requires_grad_() for spec in specs]
         rows = dict(zip((spec.name for spec in specs), leaves))
-        step_weights = torch.where(real, weights[padded_copy], 0.0)  # padding contributes nothing
-        loss = (model.example_loss(rows, ExampleBatch(targets[padded_copy])) * step_weights).sum()
+        step_weights = layout_weight[g_lo:g_hi, :n]  # padding contributes nothing
+        loss = (model.example_loss(rows, ExampleBatch(layout_target[g_lo:g_hi, :n])) * step_weights).sum()
         grads = torch.autograd.grad(loss, leaves)
         with torch.no_grad():
             if local.prox_mu:  # FedProx: the stepping clients' shared copies move towards the global model too
-                proximal_step(model, tables, start, group_client[g_lo:g_hi], torch.from_numpy(row_clients), local.lr * local.prox_mu)
+                proximal_step(model, tables, start, step_index[ParamKind.SHARED_DENSE], row_clients_t, local.lr * local.prox_mu)
             for spec, grad in zip(specs, grads):
-                index = step_index[spec.kind].reshape(-1)
-                lr = local.lr_of(spec.kind is ParamKind.PRIVATE_ROWS)
-                tables[spec.name].index_add_(0, index, grad.reshape(-1, *spec.row_shape), alpha=-lr)
+                # scaling first and adding without alpha is faster than index_add_(alpha=-lr)
+                update = grad.reshape(-1, *spec.row_shape) * -row_lr[spec.name]
+                tables[spec.name].index_add_(0, step_index[spec.kind], update)
         loss_sum += float(loss.detach())
 
-    deltas = {name: tables[name] - start[name] for name in tables}
+    # The shared tables become their deltas in place (no new (R, d) allocation); private rows keep their new values.
+    deltas = {name: tables[name].sub_(start[name]) for name in model.shared_names()}
     update = CohortUpdate(
         row_items=torch.from_numpy(row_items),
         row_clients=torch.from_numpy(row_clients),

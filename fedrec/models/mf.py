@@ -60,15 +60,21 @@ class BiasedMF(RecModel):
 
     def example_loss(self, rows: dict[str, Tensor], batch: ExampleBatch) -> Tensor:
         error = self.predict(rows)[..., 0] - batch.targets  # (G, N)
+        # x * x rather than x.pow(2): same values, cheaper backward (this loss is the simulator's inner loop)
         reg = (
-            rows["user_vec"].pow(2).sum(-1)
-            + rows["user_bias"].pow(2).sum(-1)
-            + rows["item_vec"].pow(2).sum((-2, -1))
-            + rows["item_bias"].pow(2).sum((-2, -1))
+            _squared_sum(rows["user_vec"], (-1,))
+            + _squared_sum(rows["user_bias"], (-1,))
+            + _squared_sum(rows["item_vec"], (-2, -1))
+            + _squared_sum(rows["item_bias"], (-2, -1))
         )
-        return error.pow(2) + self.config.l2 * reg
+        return error * error + self.config.l2 * reg
 
     def score_all(self, params: dict[str, Tensor], users: Tensor) -> Tensor:
         """Predicted rating of every item for each user: (B, I)."""
         user_part = params["global_bias"] + params["user_bias"][users]  # (B, 1)
         return user_part + params["user_vec"][users] @ params["item_vec"].T + params["item_bias"].T
+
+
+def _squared_sum(x: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """Sum of squares of ``x`` over ``dims``."""
+    return (x * x).sum(dims)
