@@ -4,6 +4,10 @@ Run config (``flwr run --run-config``): ``job`` (the resolved fedrec config as J
 (where the server writes its outputs), ``nodes`` (SuperNodes to wait for), ``round-timeout`` and
 ``connect-timeout`` (seconds). Node config (``flower-supernode --node-config``): ``partition-id``,
 ``num-partitions`` and optionally ``data-dir`` (the folder holding the datasets on that machine).
+
+Message types the ClientApp answers: ``query`` (partition), ``train``, ``evaluate``, and under secure
+aggregation ``train.secagg_advertise``, ``train.secagg_share_keys``, ``train.secagg_masked_input`` and
+``train.secagg_unmask`` (:mod:`fedrec.flower.secure`; they need the job only, not the node's data).
 """
 
 from __future__ import annotations
@@ -110,9 +114,11 @@ def node_view(context: Context) -> node_handlers.NodeView:
     return _views[key]
 
 
-def _reply(message: Message, context: Context, handler: Any) -> Message:
+def _reply(message: Message, context: Context, handler: Any, needs_data: bool = True) -> Message:
+    """The handler's reply; it gets this node's view (its data loaded), or only the job when ``needs_data`` is off."""
     try:
-        content = handler(node_view(context), context.state, message.content)
+        holder = node_view(context) if needs_data else job_config(dict(context.run_config))
+        content = handler(holder, context.state, message.content)
     except FedrecError as error:  # a user error: tell the server in one line instead of a log entry
         content = RecordDict({ERROR: ConfigRecord({"message": f"SuperNode {dict(context.node_config)}: {error}"})})
     return Message(content, reply_to=message)
@@ -131,3 +137,19 @@ def train(message: Message, context: Context) -> Message:
 @client_app.evaluate()
 def evaluate(message: Message, context: Context) -> Message:
     return _reply(message, context, node_handlers.handle_evaluate)
+
+
+def _register_secagg_stages() -> None:
+    """One ClientApp train action per secure-aggregation stage (message types ``train.secagg_<stage>``)."""
+    from fedrec.flower.secure import MESSAGE_TYPES, NODE_HANDLERS
+
+    for message_type in MESSAGE_TYPES.values():
+        handler = NODE_HANDLERS[message_type]
+
+        def stage(message: Message, context: Context, handler: Any = handler) -> Message:
+            return _reply(message, context, handler, needs_data=False)  # the protocol needs the job, not the data
+
+        client_app.train(message_type.split(".", 1)[1])(stage)
+
+
+_register_secagg_stages()

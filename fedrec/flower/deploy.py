@@ -243,8 +243,10 @@ def deploy(config: RunConfig, nodes: int, out_dir: Path, round_timeout: float = 
     if nodes < 1:
         raise FedrecError(f"--nodes must be at least 1, got {nodes}")
     from fedrec.flower.federation import check_deployable
+    from fedrec.flower.secure import STAGES, check_secure_deployment
 
     check_deployable(config)
+    check_secure_deployment(config, nodes)
     out_dir = out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     if (out_dir / CHECKPOINT_NAME).exists() or (out_dir / "metrics.json").exists():
@@ -292,8 +294,10 @@ def deploy(config: RunConfig, nodes: int, out_dir: Path, round_timeout: float = 
                 reason = answer.get("error-message") or (submitted.stderr or submitted.stdout).strip()[-300:]
                 raise FedrecError(f"flwr run failed: {' '.join(str(reason).split())}")
             run_id = str(answer["run-id"])
-            # nodes connecting and describing themselves, then each round and evaluation (+ a final evaluation)
-            bound = 2 * connect_timeout + (2 * config.train.rounds + 2) * round_timeout
+            # nodes connecting and describing themselves, then each round (training, the secure-aggregation
+            # stages, evaluation) and a final evaluation
+            exchanges = 2 + (len(STAGES) if config.privacy.secure_aggregation else 0)
+            bound = 2 * connect_timeout + (exchanges * config.train.rounds + 2) * round_timeout
             deadline = time.monotonic() + bound
             shown, next_status = 0, time.monotonic() + 15.0
             while True:

@@ -5,6 +5,10 @@ same seed and eligibility), sends every live node the shared parameters and the 
 holds, merges the uploads into cohort order, and applies the same ``server_update``
 (aggregation and server optimiser). Same seed, same cohort, same model as ``fedrec train``.
 
+Under ``privacy.secure_aggregation`` the nodes upload nothing after training: the server runs the
+Bonawitz/SecAgg+ protocol with them as parties (:mod:`fedrec.flower.secure`, four more round trips per
+round) and steps from the decoded cohort sum alone, as the simulator does.
+
 Nodes are reached through a :class:`Transport` (the Flower Grid in :mod:`fedrec.flower.app`, an
 in-process one in tests). A node that does not answer a round within the timeout is dropped: the
 round (and the rest of the run) goes on with the other nodes' clients, and the history says so.
@@ -23,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -33,7 +37,8 @@ from torch import Tensor
 from fedrec.config import RunConfig, config_to_json
 from fedrec.errors import FedrecError
 from fedrec.federated.cohort import sample_cohort
-from fedrec.federated.server import ServerState, empty_update, server_update, shared_shapes
+from fedrec.federated.server import (FedAvgSettings, ServerState, clip_norm_of, empty_update, server_update,
+                                     shared_shapes)
 from fedrec.flower.codec import (merge_in_cohort_order, record_to_tensors, record_to_update, serialized_bytes,
                                  tensors_to_record)
 from fedrec.flower.codec import record_to_upload
@@ -41,9 +46,13 @@ from fedrec.flower.local_dp import mean_of_noisy_sums
 from fedrec.flower.node import CLIENTS, INFO, METRICS, RESULT, SHARED, TASK, UPDATE, combine_metrics
 from fedrec.models.base import RecModel, num_catalogue_items
 from fedrec.models.registry import IMPLICIT_MODELS, build_model, model_options
+from fedrec.privacy.cohort_sum import sum_layout
 from fedrec.privacy.dp import CentralDP
 from fedrec.privacy.ldp import LocalDP
 from fedrec.runtime.checkpoint import CHECKPOINT_NAME, atomic_write_text, save_checkpoint
+
+if TYPE_CHECKING:
+    from fedrec.flower.secure import SecureRound
 
 RoundCallback = Callable[[dict[str, Any]], None]
 
@@ -168,9 +177,12 @@ def check_deployable(config: RunConfig) -> None:
     if participation_settings(config) is not None:  # simulated stragglers/dropouts; real nodes are late by themselves
         raise FedrecError("train.client_dropout / train.deadline_* simulate stragglers in fedrec train only; remove them "
                           "to deploy (a deployment drops nodes that miss --round-timeout)")
-    if config.privacy.hiding != "none" or config.privacy.secure_aggregation:
-        raise FedrecError("privacy.hiding and privacy.secure_aggregation are not supported in deployment yet; "
-                          "remove them or use fedrec train")
+    if config.privacy.hiding != "none":
+        raise FedrecError("privacy.hiding is not supported in deployment yet; remove it or use fedrec train "
+                          "(privacy.secure_aggregation hides the touched items in deployment too)")
+    from fedrec.flower.secure import check_secure_deployment
+
+    check_secure_deployment(config)
 
 
 def run_federation(config: RunConfig, transport: Transport, out_dir: Path, expected_nodes: int,
@@ -180,7 +192,9 @@ def run_federation(config: RunConfig, transport: Transport, out_dir: Path, expec
 
     Privacy and defences are the simulator's: central DP (Poisson sampling, noise calibrated before the
     run, epsilon per round in the history, a stop before a round that would exceed privacy.epsilon) and
-    [defence] act in :func:`server_update`; local DP noises on the nodes (:mod:`fedrec.flower.local_dp`).
+    [defence] act in :func:`server_update`; local DP noises on the nodes (:mod:`fedrec.flower.local_dp`);
+    secure aggregation runs the protocol among the nodes (:mod:`fedrec.flower.secure`) and the server
+    steps from the unmasked sum (central DP then noises that sum).
     """
     from fedrec.runtime.trainer import budget_stop_reason, fedavg_settings, privacy_settings, privacy_spent, \
         privacy_summary, public_start_params
@@ -191,6 +205,9 @@ def run_federation(config: RunConfig, transport: Transport, out_dir: Path, expec
     atomic_write_text(out_dir / "config.json", config_to_json(config) + "\n")
     began = time.perf_counter()
     nodes = wait_for_nodes(transport, expected_nodes, connect_timeout)
+    from fedrec.flower.secure import check_secure_deployment
+
+    check_secure_deployment(config, len(nodes))
     population = discover(transport, nodes, max(round_timeout, connect_timeout))  # start-up: first ClientApp imports
     model = server_model(config, population)
     eligible = population.sizes > 0  # as the simulator: clients without training data are never sampled
@@ -225,6 +242,8 @@ def run_federation(config: RunConfig, transport: Transport, out_dir: Path, expec
             positions[node] = np.flatnonzero(population.owner[cohort] == population.nodes.index(node))
             part = torch.from_numpy(cohort[positions[node]].astype(np.int64))
             task = ConfigRecord({"round": round_index})
+            if settings.secure_aggregation is not None:  # nodes keep their contribution for the protocol
+                task.update(_secure_task(model, settings, privacy, privacy_state))
             requests[node] = RecordDict({SHARED: shared_record, TASK: task, CLIENTS: ArrayRecord({"cohort": part})})
         replies = transport.exchange(requests, "train", round_index, round_timeout)
         lost = [node for node in live if node not in replies or RESULT not in replies[node].config_records]
@@ -234,6 +253,14 @@ def run_federation(config: RunConfig, transport: Transport, out_dir: Path, expec
                               "see the SuperNode logs")
         round_down = sum(serialized_bytes(requests[node]) for node in requests)
         round_up = sum(serialized_bytes(replies[node]) for node in live)
+        secure = None
+        if settings.secure_aggregation is not None:  # the protocol's rounds: the server learns only the sum
+            secure = _secure_sum(transport, model, settings, privacy, privacy_state,
+                                 {node: int(replies[node].config_records[RESULT]["clients"]) for node in live},
+                                 config, round_index, round_timeout, out_dir)
+            round_up, round_down = round_up + secure.bytes_up, round_down + secure.bytes_down
+            live = [node for node in live if node not in secure.silent]
+            lost += list(secure.silent)
         results = [replies[node].config_records[RESULT] for node in live]
         loss_sum = sum(float(r["loss_sum"]) for r in results)
         steps = sum(int(r["steps"]) for r in results)
@@ -241,7 +268,12 @@ def run_federation(config: RunConfig, transport: Transport, out_dir: Path, expec
         uploaded = [node for node in live if UPDATE in replies[node].array_records]
         record: dict[str, Any] = {"round": round_index + 1}
         state = ServerState(round_index, shared, server_state, privacy_state)
-        if isinstance(privacy, LocalDP):  # the nodes sent noisy sums: average them, step the server optimiser
+        if secure is not None:  # secure aggregation: server_update steps from the decoded sum alone
+            next_state, rejected = server_update(model, state, secure.total, settings, config.train.seed)
+            record.update(secagg_nodes=secure.parties, secagg_in_sum=secure.in_sum)
+            if secure.skipped:
+                record["secagg_skipped"] = True
+        elif isinstance(privacy, LocalDP):  # the nodes sent noisy sums: average them, step the server optimiser
             sums = [record_to_tensors(replies[node].array_records[UPDATE]) for node in uploaded]
             deltas = mean_of_noisy_sums(sums, shapes, clients)
             params, optimizer_state = settings.server.step(shared, deltas, server_state)
@@ -289,6 +321,39 @@ def run_federation(config: RunConfig, transport: Transport, out_dir: Path, expec
     metrics.update(privacy_summary(config, privacy, rounds_done, privacy_state, stop_reason))
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return metrics
+
+
+def _round_clip_norm(privacy: CentralDP | LocalDP | None, privacy_state: dict[str, Tensor]) -> float | None:
+    """The clip norm the clients apply before encoding this round (the adapted one under adaptive DP)."""
+    if isinstance(privacy, CentralDP):
+        return clip_norm_of(ServerState(0, {}, {}, privacy_state), privacy)
+    return privacy.clip_norm if isinstance(privacy, LocalDP) else None
+
+
+def _secure_task(model: RecModel, settings: FedAvgSettings, privacy: CentralDP | LocalDP | None,
+                 privacy_state: dict[str, Tensor]) -> dict[str, Any]:
+    """TASK entries of a train request under secure aggregation: the sum layout and the clip norm."""
+    from fedrec.flower.secure import layout_task
+
+    layout = sum_layout(shared_shapes(model), settings.row_weighting, settings.privacy)
+    return layout_task(layout, _round_clip_norm(privacy, privacy_state))
+
+
+def _secure_sum(transport: Transport, model: RecModel, settings: FedAvgSettings, privacy: CentralDP | LocalDP | None,
+                privacy_state: dict[str, Tensor], clients_of: dict[int, int], config: RunConfig, round_index: int,
+                timeout: float, out_dir: Path) -> SecureRound:
+    """The round's secure aggregation among the nodes that trained cohort clients; an abort stops the run."""
+    from fedrec.flower.secure import secure_round
+    from fedrec.privacy.secagg import SecAggAbort
+
+    assert settings.secure_aggregation is not None
+    layout = sum_layout(shared_shapes(model), settings.row_weighting, settings.privacy)
+    try:
+        return secure_round(transport, clients_of, layout, settings.secure_aggregation.protocol, config.train.seed,
+                            round_index, timeout)
+    except SecAggAbort as error:
+        raise FedrecError(f"round {round_index + 1}: {error}; the run stopped (rounds up to the last checkpoint are "
+                          f"in {out_dir})") from None
 
 
 def _checkpoint_meta(config: RunConfig, record: dict[str, Any], bytes_up: int, bytes_down: int,

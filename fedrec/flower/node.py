@@ -134,7 +134,11 @@ def local_training(config: RunConfig) -> LocalTraining:
 
 
 def handle_train(view: NodeView, state: RecordDict, content: RecordDict) -> RecordDict:
-    """Train this node's part of the cohort; reply with its CohortUpdate, keep its private rows."""
+    """Train this node's part of the cohort; reply with its CohortUpdate, keep its private rows.
+
+    Under secure aggregation (``secure`` in the task) the reply carries no update: the node keeps the
+    ring sum of its clients' encoded uploads for the protocol's rounds (:mod:`fedrec.flower.secure`).
+    """
     task = content.config_records[TASK]
     round_index = int(task["round"])
     cohort = np.asarray(record_to_tensors(content.array_records[CLIENTS])["cohort"].numpy(), dtype=np.int64)
@@ -155,6 +159,11 @@ def handle_train(view: NodeView, state: RecordDict, content: RecordDict) -> Reco
     state.array_records[PRIVATE] = tensors_to_record({name: trained[name][users] for name in private})
     reply = ConfigRecord({"round": round_index, "loss_sum": float(result.loss_sum), "steps": int(result.steps),
                           "clients": len(cohort)})
+    if task.get("secure", False):  # secure aggregation: the upload leaves only masked, in the protocol's rounds
+        from fedrec.flower.secure import keep_contribution
+
+        keep_contribution(view, state, result.update, task, round_index)
+        return RecordDict({RESULT: reply})
     from fedrec.flower.local_dp import local_privacy, node_noise_generator, noisy_local_sum
 
     local_dp = local_privacy(view.config)
@@ -235,25 +244,38 @@ class InProcessNodes:
 
     Same handlers and records as the ClientApp, no Flower runtime: for tests and for checking a
     partition quickly. Node ids are large unsigned 64-bit numbers, as Flower's are. ``fail`` maps a
-    view's position to the round from which that node stops answering (it still answers the query).
+    view's position to the round from which that node stops answering (it still answers the query);
+    ``fail_at`` maps it to (round, message type) from which on it stops, e.g. (1, "train.secagg_unmask")
+    for a node that leaves a secure-aggregation round after sending its masked input.
     """
 
-    def __init__(self, views: list[NodeView], fail: dict[int, int] | None = None) -> None:
+    def __init__(self, views: list[NodeView], fail: dict[int, int] | None = None,
+                 fail_at: dict[int, tuple[int, str]] | None = None) -> None:
         ids = [(1 << 63) + 12345 * index for index in range(len(views))]
         self.views = dict(zip(ids, views))
         self.states = {node: RecordDict() for node in self.views}
         self.fail = {ids[index]: first_round for index, first_round in (fail or {}).items()}
+        self.fail_at = {ids[index]: when for index, when in (fail_at or {}).items()}
 
     def node_ids(self) -> list[int]:
         return list(self.views)
 
     def exchange(self, requests: dict[int, RecordDict], message_type: str, round_index: int,
                  timeout: float) -> dict[int, RecordDict]:
+        from fedrec.flower.secure import NODE_HANDLERS, STAGES
+
         handlers = {"query": lambda view, state, content: describe(view), "train": handle_train,
                     "evaluate": handle_evaluate}
+        handlers.update({kind: (lambda view, state, content, stage=stage: stage(view.config, state, content))
+                         for kind, stage in NODE_HANDLERS.items()})
+        order = ["train", *(f"train.secagg_{stage}" for stage in STAGES), "evaluate"]  # message types in a round
         replies = {}
         for node, content in requests.items():
             if message_type != "query" and node in self.fail and round_index >= self.fail[node]:
                 continue
+            if message_type != "query" and node in self.fail_at:
+                first_round, first_type = self.fail_at[node]
+                if (round_index, order.index(message_type)) >= (first_round, order.index(first_type)):
+                    continue
             replies[node] = handlers[message_type](self.views[node], self.states[node], content)
         return replies

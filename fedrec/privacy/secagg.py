@@ -312,6 +312,18 @@ def client_masked_input(state: ClientState, inbox: Sequence[EncryptedShares], va
                         codec: FixedPoint, clip: bool = False) -> tuple[ClientState, MaskedInput]:
     """Round 2: store the neighbours' shares and send the input masked with the self-mask and one
     pairwise mask per neighbour that shared keys."""
+    return _masked(_receive_shares(state, inbox), encode(values, codec, clip=clip), codec)
+
+
+def client_masked_encoded(state: ClientState, inbox: Sequence[EncryptedShares], encoded: np.ndarray,
+                          codec: FixedPoint) -> tuple[ClientState, MaskedInput]:
+    """Round 2 for an input already in the ring Z_{2^bits} (e.g. the sum of several clients' encodings,
+    made by a node that speaks for them): as :func:`client_masked_input`, without the encoding."""
+    return _masked(_receive_shares(state, inbox), np.asarray(encoded, dtype=np.uint64) & codec.modulus_mask, codec)
+
+
+def _receive_shares(state: ClientState, inbox: Sequence[EncryptedShares]) -> ClientState:
+    """Decrypt and keep the neighbours' shares; abort on a forged or misrouted message or too few shares."""
     held: dict[int, tuple[Share, Share]] = {}
     for message in inbox:
         v = message.sender
@@ -331,8 +343,14 @@ def client_masked_input(state: ClientState, inbox: Sequence[EncryptedShares], va
     if len(held) < state.threshold:
         raise SecAggAbort(f"secure aggregation aborted: only {len(held)} neighbours of client {state.client} shared "
                           f"keys, fewer than the threshold {state.threshold}")
-    length = int(np.asarray(values).shape[0])
-    vector = encode(values, codec, clip=clip)  # a fresh array: updated in place below
+    return replace(state, held_shares=held)
+
+
+def _masked(state: ClientState, vector: np.ndarray, codec: FixedPoint) -> tuple[ClientState, MaskedInput]:
+    """The ring vector plus the self-mask and the pairwise masks with every neighbour whose shares are held."""
+    held = state.held_shares
+    length = int(vector.shape[0])
+    vector = vector.copy()  # a fresh array: updated in place below
     vector += mask_vector(state.self_mask_seed, length, codec)
     mask_private = X25519PrivateKey.from_private_bytes(state.mask_private)
     for v in sorted(held):
