@@ -80,6 +80,22 @@ def test_model_contract(name: str):
     assert all(v.grad is not None for v in rows.values())
 
 
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_extra_users_do_not_change_the_shared_start(name: str):
+    """Fake users appended by an attack (or any other population size) leave the shared tensors' start as it is,
+    so runs with and without them are paired at each seed. For MF and BPR the existing users' rows are kept too
+    (when dim * users is a multiple of 16: torch's normal sampler draws in blocks of 16)."""
+    small = build_model(name, {"dim": 16}, num_users=5, num_items=7).init_params(torch.Generator().manual_seed(3))
+    large_model = build_model(name, {"dim": 16}, num_users=14, num_items=7)
+    large = large_model.init_params(torch.Generator().manual_seed(3))
+    for spec in large_model.param_specs():
+        if spec.kind is ParamKind.PRIVATE_ROWS:
+            if name in ("mf", "bpr"):
+                assert torch.equal(large[spec.name][:5], small[spec.name]), spec.name
+        else:
+            assert torch.equal(large[spec.name], small[spec.name]), spec.name
+
+
 def test_parameter_bytes():
     model = BiasedMF(MFConfig(dim=8), num_users=10, num_items=20)
     item_vec = next(s for s in model.param_specs() if s.name == "item_vec")

@@ -42,9 +42,11 @@ class BPRMF(RecModel):
 
     def init_params(self, generator: torch.Generator) -> dict[str, Tensor]:
         d, std = self.config.dim, self.config.init_std
+        # shared tables first: their start does not depend on how many users (or injected fake users) exist
+        item_vec = torch.randn(self.num_items, d, generator=generator) * std
         return {
             "user_vec": torch.randn(self.num_users, d, generator=generator) * std,
-            "item_vec": torch.randn(self.num_items, d, generator=generator) * std,
+            "item_vec": item_vec,
             "item_bias": torch.zeros(self.num_items, 1),
         }
 

@@ -43,10 +43,12 @@ class BiasedMF(RecModel):
 
     def init_params(self, generator: torch.Generator) -> dict[str, Tensor]:
         d, std = self.config.dim, self.config.init_std
+        # shared tables first: their start does not depend on how many users (or injected fake users) exist
+        item_vec = torch.randn(self.num_items, d, generator=generator) * std
         return {
             "user_vec": torch.randn(self.num_users, d, generator=generator) * std,
             "user_bias": torch.zeros(self.num_users, 1),
-            "item_vec": torch.randn(self.num_items, d, generator=generator) * std,
+            "item_vec": item_vec,
             "item_bias": torch.zeros(self.num_items, 1),
             "global_bias": torch.full((1,), float(self.config.global_mean)),
         }

@@ -75,7 +75,9 @@ class NCF(RecModel):
 
     def init_params(self, generator: torch.Generator) -> dict[str, Tensor]:
         params = {}
-        for spec in self.param_specs():
+        # shared tensors first: their start does not depend on how many users (or injected fake users) exist
+        specs = self.param_specs()
+        for spec in sorted(specs, key=lambda spec: spec.kind is ParamKind.PRIVATE_ROWS):
             if spec.name.endswith("_b"):
                 params[spec.name] = torch.zeros(spec.shape)
             elif spec.name.startswith("mlp"):
@@ -88,7 +90,7 @@ class NCF(RecModel):
                 params[spec.name] = torch.cat([weights[..., :-1], torch.zeros_like(weights[..., -1:])], -1)
             else:
                 params[spec.name] = torch.randn(spec.shape, generator=generator) * self.config.init_std
-        return params
+        return {spec.name: params[spec.name] for spec in specs}
 
     def _features(self, rows: dict[str, Tensor]) -> Tensor:
         """phi for every slot: (G, N, S, head_size)."""

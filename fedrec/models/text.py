@@ -137,7 +137,7 @@ class TextRec(RecModel):
 
     def init_params(self, generator: torch.Generator) -> dict[str, Tensor]:
         d, std, h = self.config.dim, self.config.init_std, self.config.adapter_hidden
-        params = {"user_vec": torch.randn(self.num_users, d, generator=generator) * std}
+        params: dict[str, Tensor] = {}
         if self.config.item_ids:
             params["item_vec"] = torch.zeros(self.num_items, d)  # a residual on top of the text vector
             params["item_bias"] = torch.zeros(self.num_items, 1)
@@ -152,7 +152,9 @@ class TextRec(RecModel):
         if not self.ranking:
             params["user_bias"] = torch.zeros(self.num_users, 1)
             params["global_bias"] = torch.full((1,), float(self.config.global_mean))
-        return params
+        # user rows last: the shared tensors' start does not depend on how many users (or fake users) exist
+        params["user_vec"] = torch.randn(self.num_users, d, generator=generator) * std
+        return {spec.name: params[spec.name] for spec in self.param_specs()}
 
     def adapt(self, text: Tensor, dense: dict[str, Tensor]) -> Tensor:
         """The adapter on text embeddings: text (G, ..., T) with dense tensors (G, ...) -> (G, ..., d)."""
