@@ -209,6 +209,8 @@ class DefenceConfig(Section):
     check_uploads: bool = False  # reject (and count) uploads with NaN/Inf, bad shapes, bad indices or outsized norms
     max_norm_ratio: float | None = Field(default=10.0, gt=1.0)  # reject norms > ratio x the cohort's median norm
     max_norm: float | None = Field(default=None, gt=0.0)  # reject norms above this absolute bound
+    # "sqrt_size": max_norm_ratio compares norm / sqrt(client size), so heavy honest users are not rejected
+    norm_scaling: Literal["none", "sqrt_size"] = "none"
     aggregator: Literal["mean", "median", "trimmed_mean", "krum", "multi_krum", "norm_bound"] | None = None
     trim_fraction: float = Field(default=0.1, ge=0.0, lt=0.5)  # trimmed_mean: fraction cut at each end
     byzantine_fraction: float = Field(default=0.2, ge=0.0, lt=0.5)  # krum: assumed attackers among a row's senders

@@ -9,7 +9,10 @@ Two stages, both pure functions the round can call between local training and th
    the catalogue (``item_range``); the same item row sent twice, or a negative or zero weight
    (``bad_weight``); or an update norm more than ``max_norm_ratio`` times the cohort's median norm
    (or above an absolute ``max_norm``) (``norm``). The norm test runs last, over the clients that
-   passed the others, so a NaN cannot hide in the median.
+   passed the others, so a NaN cannot hide in the median. With ``norm_scaling="sqrt_size"`` the
+   ratio test compares norm / sqrt(client size) instead: an honest client's update grows with its
+   number of examples, so on ML-100K (943 clients, no attack) the raw test at ratio 3 rejects ~70
+   honest heavy users per round, the size-aware one under one (BENCHMARKS.md, poison section).
 
 2. **Robust aggregation** (:func:`robust_aggregate`), a drop-in for
    :func:`fedrec.federated.aggregation.aggregate` (same arguments, same output shapes). Each item
@@ -54,6 +57,8 @@ from fedrec.models.base import ParamKind, ParamSpec
 REJECTION_REASONS: tuple[str, ...] = ("shape", "non_finite", "item_range", "bad_weight", "norm")
 RobustMethod = Literal["mean", "median", "trimmed_mean", "krum", "multi_krum", "norm_bound"]
 ROBUST_METHODS: tuple[str, ...] = ("mean", "median", "trimmed_mean", "krum", "multi_krum", "norm_bound")
+NormScaling = Literal["none", "sqrt_size"]
+NORM_SCALINGS: tuple[str, ...] = ("none", "sqrt_size")
 
 
 # ----------------------------------------------------------------------------------- validation
@@ -65,6 +70,13 @@ class ValidationSettings:
 
     max_norm_ratio: float | None = 10.0  # reject norms > ratio x the cohort's median norm; None: off
     max_norm: float | None = None  # reject norms above this absolute bound; None: off
+    # What max_norm_ratio compares: the raw norm ("none"), or the norm per sqrt(client size) ("sqrt_size"), so a
+    # client with many examples (whose honest update is larger) is not mistaken for an outlier.
+    norm_scaling: NormScaling = "none"
+
+    def __post_init__(self) -> None:
+        if self.norm_scaling not in NORM_SCALINGS:
+            raise FedrecError(f"unknown norm_scaling {self.norm_scaling!r}; choose one of: {', '.join(NORM_SCALINGS)}")
 
 
 @dataclass(frozen=True)
@@ -181,6 +193,19 @@ def update_norms(update: CohortUpdate) -> Tensor:
     return squares.sqrt()
 
 
+def relative_norms(norms: Tensor, client_sizes: Tensor, scaling: NormScaling) -> Tensor:
+    """What the cohort-relative norm test compares: each client's norm, or its norm / sqrt(its size): (C,).
+
+    An honest update's norm grows with the client's number of local steps, so under ``"sqrt_size"`` a
+    heavy user is compared with what its size predicts, while a small fake profile uploading a
+    several-times-larger crafted step still stands out. Sizes are clamped to >= 1. They are the sizes
+    the aggregation sees: under ``train.client_weighting = "uniform"`` (every size 1) this is the raw test.
+    """
+    if scaling == "none":
+        return norms
+    return norms / client_sizes.to(norms.dtype).clamp_min(1.0).sqrt()
+
+
 def validate_update(update: CohortUpdate, num_rows: int,
                     settings: ValidationSettings = ValidationSettings()) -> tuple[CohortUpdate, ValidationReport]:
     """Drop every client whose upload is non-finite, out of range, badly weighted or far too large.
@@ -224,9 +249,10 @@ def validate_update(update: CohortUpdate, num_rows: int,
         if settings.max_norm is not None:
             too_big |= norms > settings.max_norm
         if settings.max_norm_ratio is not None:
-            median = norms[healthy].median()
+            relative = relative_norms(norms, update.client_sizes, settings.norm_scaling)
+            median = relative[healthy].median()
             if median > 0:
-                too_big |= norms > settings.max_norm_ratio * median
+                too_big |= relative > settings.max_norm_ratio * median
         mark(too_big, "norm")
     keep = reason < 0
     counts = {name: int((reason == k).sum()) for k, name in enumerate(REJECTION_REASONS)}

@@ -135,7 +135,8 @@ def defence_settings(config: RunConfig) -> DefenceSettings | None:
     defence = config.defence
     if not defence.enabled:
         return None
-    validation = (ValidationSettings(defence.max_norm_ratio, defence.max_norm) if defence.check_uploads
+    validation = (ValidationSettings(defence.max_norm_ratio, defence.max_norm, norm_scaling=defence.norm_scaling)
+                  if defence.check_uploads
                   else ValidationSettings(None, None))
     robust = RobustSettings(defence.aggregator or "mean", defence.trim_fraction, defence.byzantine_fraction,
                             defence.clip_norm, defence.dense_clip_norm)
