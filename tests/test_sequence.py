@@ -256,7 +256,7 @@ def test_bad_settings_get_one_line_errors(tmp_path: Path):
 @pytest.mark.slow
 def test_ml100k_sasrec_beats_popularity(ml100k_dir: Path, tmp_path: Path):
     config = load_config(Path("configs/ml100k-sasrec-fedavg.toml"),
-                         [f"data.data_dir={ml100k_dir.parent}", "train.rounds=8", "train.eval_every=8"])
+                         [f"data.data_dir={ml100k_dir.parent}", "train.rounds=30", "train.eval_every=30"])
     metrics = train(config, tmp_path / "run")
     assert metrics["clients"] == 943 and metrics["split"] == "leave-last-out"
     assert metrics["ndcg@10"] > metrics["popularity_ndcg@10"]
