@@ -134,7 +134,7 @@ def test_fast_and_general_paths_agree_on_embeddings_truncation_and_limits(fast_e
     assert fast_encoder.max_length == encoder.max_length == 256 and fast_encoder.dim == encoder.dim == 384
     assert fast_encoder.token_counts(texts) == encoder.token_counts(texts)
     # the same tokens, padding and all, as the transformers tokenizer
-    ids, mask, types, _ = bert_fast.tokenize(fast_encoder._fast_tokenizer, texts, 16)
+    ids, mask, types = bert_fast.pad_batch(bert_fast.encode_tokens(fast_encoder._fast_tokenizer, texts, 16))
     reference = encoder.tokenizer(texts, padding=True, truncation=True, max_length=16, return_tensors="pt")
     assert torch.equal(ids * mask, reference["input_ids"] * reference["attention_mask"])
     assert torch.equal(mask, reference["attention_mask"]) and torch.equal(types, reference["token_type_ids"])

@@ -55,16 +55,16 @@ def train_cohort_vectorized(model: RecModel, params: dict[str, Tensor], data: Cl
     width = int(slot_of_copy.max()) + 1 if len(slot_of_copy) else 1
     padded_copy = np.zeros((len(group_first), width), dtype=np.int64)  # (groups, width)
     padded_copy[group_of_copy, slot_of_copy] = np.arange(len(copy_client))
-    real = np.zeros(padded_copy.shape, dtype=bool)
-    real[group_of_copy, slot_of_copy] = True
-    group_width = real.sum(1)  # (groups,) copies in each group
+    group_width = np.bincount(group_of_copy)  # (groups,) copies in each group
     layout_index = {
         ParamKind.PRIVATE_ROWS: torch.from_numpy(user_row[padded_copy]),  # (groups, width)
         ParamKind.SHARED_ROWS: torch.from_numpy(item_row[padded_copy]),  # (groups, width, S)
         ParamKind.SHARED_DENSE: torch.from_numpy(copy_client[group_first]),  # (groups,)
     }
     # Weight 1 / size of the client's batch per copy, 0 on padding; the copies' targets.
-    layout_weight = torch.from_numpy(np.where(real, schedule.weight[padded_copy], 0.0).astype(np.float32))
+    layout_weight = torch.zeros(padded_copy.shape, dtype=torch.float32)
+    layout_weight[torch.from_numpy(group_of_copy), torch.from_numpy(slot_of_copy)] = torch.from_numpy(
+        schedule.weight.astype(np.float32))
     layout_target = torch.from_numpy(data.targets[data_index][padded_copy])
     specs = model.param_specs()
     row_lr = {spec.name: local.lr_of(spec.kind is ParamKind.PRIVATE_ROWS) for spec in specs}

@@ -28,8 +28,8 @@ from fedrec.federated.server_opt import ServerOptimizer
 from fedrec.generic.data import ClassificationTask, digits_arrays, majority_baseline, ml100k_genre_task, mnist_arrays, partition_task
 from fedrec.generic.federated import (GenericSettings, GenericState, LocalSGD, classification_metrics, model_params,
                                       personalised_accuracy, run_generic_round)
-from fedrec.runtime.checkpoint import (CHECKPOINT_NAME, atomic_write_text, check_resumable, load_checkpoint,
-                                       save_checkpoint)
+from fedrec.runtime.checkpoint import (CHECKPOINT_NAME, atomic_write_text, check_resumable, finished_history,
+                                       load_checkpoint, save_checkpoint)
 
 RoundCallback = Callable[[dict[str, Any]], None]
 
@@ -243,9 +243,7 @@ def train_classifier(config_path: Path, overrides: list[str] | None, out_dir: Pa
     history_path = out_dir / "history.jsonl"
     if resume and checkpoint.exists():
         state, counters = _restore(checkpoint, state, config)
-        if history_path.exists():
-            lines = [json.loads(line) for line in history_path.read_text().splitlines() if line.strip()]
-            history = [entry for entry in lines if entry["round"] <= state.round]
+        history = finished_history(history_path, state.round)
     atomic_write_text(out_dir / "config.json", _config_json(config) + "\n")
     if on_start is not None:
         on_start(state.round, config.train.rounds)

@@ -78,3 +78,11 @@ def check_resumable(path: Path, meta: dict[str, Any], missing: bool, config_json
     if int(meta["round"]) > rounds:
         raise FedrecError(f"the run in {path.parent} has already finished {meta['round']} rounds; "
                           f"set train.rounds >= {meta['round']} to resume it")
+
+
+def finished_history(path: Path, last_round: int) -> list[dict[str, Any]]:
+    """The records of a run's history.jsonl up to ``last_round`` (those a resumed run keeps); [] without the file."""
+    if not path.exists():
+        return []
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [entry for entry in lines if entry["round"] <= last_round]

@@ -36,8 +36,8 @@ from fedrec.federated.robust import DefenceSettings, RobustSettings, ValidationS
 from fedrec.federated.server import FedAvgSettings, ServerState, run_round
 from fedrec.federated.server_opt import ServerOptimizer
 from fedrec.runtime.centralized import CentralSettings, make_optimizer, train_epoch
-from fedrec.runtime.checkpoint import (CHECKPOINT_NAME, atomic_write_text, check_resumable, load_checkpoint,
-                                       save_checkpoint)
+from fedrec.runtime.checkpoint import (CHECKPOINT_NAME, atomic_write_text, check_resumable, finished_history,
+                                       load_checkpoint, save_checkpoint)
 from fedrec.runtime.experiment import Experiment, prepare
 from fedrec.privacy.dp import CentralDP
 from fedrec.privacy.ldp import LocalDP
@@ -303,10 +303,7 @@ class _Run:
             self.central_optimizer.load_state_dict({"state": state, "param_groups": meta["optim_groups"]})
         self.round, self.seconds = int(meta["round"]), float(meta["seconds"])
         self.bytes_up, self.bytes_down = int(meta["bytes_up"]), int(meta["bytes_down"])
-        history_path = self.out_dir / "history.jsonl"
-        if history_path.exists():
-            lines = [json.loads(line) for line in history_path.read_text().splitlines() if line.strip()]
-            self.history = [entry for entry in lines if entry["round"] <= self.round]
+        self.history = finished_history(self.out_dir / "history.jsonl", self.round)
 
     # -- one round ----------------------------------------------------------------------------
     def step(self) -> dict[str, Any]:

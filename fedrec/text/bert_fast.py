@@ -167,16 +167,6 @@ def pad_batch(encodings: list[Any]) -> tuple[Tensor, Tensor, Tensor]:
     return ids, mask, types
 
 
-def tokenize(tokenizer: Any, texts: list[str], max_length: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(input_ids, attention_mask, token_type_ids, truncated) of ``texts``: cut to ``max_length``, padded to the longest.
-
-    ``truncated`` flags the texts that were longer than ``max_length`` tokens (one tokenizer pass).
-    """
-    encodings = encode_tokens(tokenizer, texts, max_length)
-    truncated = torch.tensor([len(e.overflowing) > 0 for e in encodings], dtype=torch.bool)
-    return (*pad_batch(encodings), truncated)
-
-
 def token_counts(tokenizer: Any, texts: list[str]) -> list[int]:
     """Tokens of each text before truncation (special tokens included)."""
     return [len(e.ids) for e in tokenizer.encode_batch(texts)]

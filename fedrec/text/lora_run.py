@@ -27,8 +27,8 @@ import torch
 from fedrec.config import RunConfig, config_to_json
 from fedrec.errors import FedrecError
 from fedrec.federated.server_opt import ServerOptimizer
-from fedrec.runtime.checkpoint import (CHECKPOINT_NAME, atomic_write_text, check_resumable, load_checkpoint,
-                                       save_checkpoint)
+from fedrec.runtime.checkpoint import (CHECKPOINT_NAME, atomic_write_text, check_resumable, finished_history,
+                                       load_checkpoint, save_checkpoint)
 from fedrec.runtime.experiment import Experiment, prepare
 from fedrec.text.encoder import TextEncoder
 from fedrec.text.lora import (HEAD_NAMES, FrozenTable, ItemEmbedder, LocalSteps, LoraEncoder, LoraSettings, LoraState,
@@ -214,9 +214,7 @@ def train_lora(config: RunConfig, out_dir: Path, resume: bool = False, on_round:
     history_path = out_dir / "history.jsonl"
     if resume and checkpoint.exists():
         state, counters = _restore(checkpoint, state, config)
-        if history_path.exists():
-            lines = [json.loads(line) for line in history_path.read_text().splitlines() if line.strip()]
-            history = [entry for entry in lines if entry["round"] <= state.round]
+        history = finished_history(history_path, state.round)
     comm = communication(embedder, state)
     _print(communication_note(comm, config))
     atomic_write_text(out_dir / "config.json", config_to_json(config) + "\n")
