@@ -174,6 +174,65 @@ def test_virtual_pseudo_items_are_one_sgd_step_on_a_rating_with_a_real_error():
             assert np.abs(real_errors[k] - float(error[r])).min() < 1e-4
 
 
+def _multi_step_mf_cohort():
+    """Two clients of biased MF trained one example per step (4 and 3 steps), with the path recorded."""
+    data = ClientData(offsets=np.array([0, 4, 7]), users=np.array([0, 0, 0, 0, 1, 1, 1]),
+                      items=np.array([0, 2, 3, 5, 1, 2, 6]), targets=np.array([5, 3, 4, 1, 2, 5, 4], dtype=np.float32))
+    model = BiasedMF(MFConfig(dim=3, l2=0.05, global_mean=3.5), num_users=2, num_items=10)
+    params = model.init_params(torch.Generator().manual_seed(1))
+    local = LocalTraining(epochs=1, lr=0.2, batch_size=1)
+    return data, model, params, local, np.array([0, 1])
+
+
+@pytest.mark.parametrize("backend", ["vectorized", "reference"])
+def test_recorded_private_path_is_the_rows_before_each_local_step(backend):
+    from fedrec.federated.server import BACKENDS
+
+    data, model, params, local, cohort = _multi_step_mf_cohort()
+    result = BACKENDS[backend](model, params, data, cohort, local, 0, 0, record_path=True)
+    path = result.private_path["user_vec"]  # (T + 1, U, d)
+    assert path.shape == (5, 2, 3)
+    torch.testing.assert_close(path[0], params["user_vec"][result.users])  # before step 0: the start
+    torch.testing.assert_close(path[-1], result.private_rows["user_vec"])  # after the last step: the end
+    torch.testing.assert_close(path[3, 1], path[4, 1])  # client 1 has 3 steps: its rows then stay
+    assert not torch.allclose(path[1], path[2])  # every step moves the user vector
+    other = BACKENDS["reference" if backend == "vectorized" else "vectorized"](
+        model, params, data, cohort, local, 0, 0, record_path=True)
+    torch.testing.assert_close(other.private_path["user_vec"], path, atol=1e-6, rtol=1e-5)
+    assert BACKENDS[backend](model, params, data, cohort, local, 0, 0).private_path is None
+
+
+def test_virtual_fakes_use_a_user_vector_from_the_clients_own_sgd_path():
+    # Every real item-vector row is -lr/B_k (2 e p_u(k) + 2 l2 q_i), p_u(k) the user vector before the client's
+    # step k and B_k that step's batch length (batches of 2: client 1's last batch has 1 example); so is every
+    # fake row, with p_u(k) read from the recorded path (not an interpolation between the start and the end,
+    # which the audit's direction scorer separates) and the B_k of its step.
+    data, model, params, _, cohort = _multi_step_mf_cohort()
+    local = LocalTraining(epochs=1, lr=0.2, batch_size=2)
+    result = train_cohort_vectorized(model, params, data, cohort, local, 0, 0, record_path=True)
+    values = virtual_example_values(model, params, data, cohort, local, seed=3, round_index=0, trained=result)
+    hidden, _ = apply_hiding(result.update, 10, HidingSettings("pseudo", pseudo_items=6), "row_count", 3, 0, cohort,
+                             values)
+    l2, lr = 0.05, 0.2
+    path = result.private_path["user_vec"]
+    batch_lengths = {0: [2, 2], 1: [2, 1]}
+    touched = {0: {0, 2, 3, 5}, 1: {1, 2, 6}}
+    fake_steps = {0: set(), 1: set()}
+    for r in range(len(hidden.row_items)):
+        k, i = int(hidden.row_clients[r]), int(hidden.row_items[r])
+        q, b = params["item_vec"][i], params["item_bias"][i, 0]
+        fits = []
+        for step, length in enumerate(batch_lengths[k]):
+            error = -length * hidden.row_deltas["item_bias"][r, 0] / (2 * lr) - l2 * b
+            implied_user = (-length * hidden.row_deltas["item_vec"][r] / lr - 2 * l2 * q) / (2 * error)
+            if float((implied_user - path[step, k]).norm()) < 1e-3:
+                fits.append(step)
+        assert fits, (k, i)  # the row is one SGD step from the client's real state at one of its steps
+        if i not in touched[k]:
+            fake_steps[k].update(fits)
+    assert fake_steps[1] == {0, 1}  # fakes at both steps, the short last batch included
+
+
 def test_virtual_values_need_a_rating_model():
     from fedrec.models.bpr import BPRConfig, BPRMF
 

@@ -41,6 +41,14 @@ class CohortResult:
     private_rows: dict[str, Tensor]  # name -> (U, *row_shape), new values
     loss_sum: float  # sum over local steps of each client's batch-mean loss
     steps: int  # number of (client, step) batch means in loss_sum
+    # When the backend was asked to record it: name -> (T + 1, U, *row_shape), the private rows before each
+    # client's local step t (after its last step they stay as they are; entry T is the final value).
+    private_path: dict[str, Tensor] | None = None
+
+
+def stack_path(snapshots: list[Tensor], length: int) -> Tensor:
+    """Snapshots of rows before steps 0..k (k + 1 <= ``length``), padded with the last one to ``length``."""
+    return torch.stack(snapshots + [snapshots[-1]] * (length - len(snapshots)))
 
 
 def local_copies(model: RecModel, params: dict[str, Tensor], users: np.ndarray, row_items: np.ndarray,

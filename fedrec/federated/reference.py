@@ -11,14 +11,15 @@ import torch
 
 from fedrec.federated.aggregation import CohortUpdate
 from fedrec.federated.cohort import ClientData, shuffle_keys, slot_items
-from fedrec.federated.local import CohortResult, LocalTraining, local_copies, proximal_term
+from fedrec.federated.local import CohortResult, LocalTraining, local_copies, proximal_term, stack_path
 from fedrec.models.base import ExampleBatch, ParamKind, RecModel
 from torch import Tensor
 
 
 def train_client(model: RecModel, params: dict[str, Tensor], data: ClientData, client: int,
-                 local: LocalTraining, seed: int, round_index: int) -> CohortResult:
-    """One client's local training from the current global model; returns its upload."""
+                 local: LocalTraining, seed: int, round_index: int, record_path: bool = False) -> CohortResult:
+    """One client's local training from the current global model; returns its upload (and, with
+    ``record_path``, its private rows before every local step)."""
     part = data.client_slice(client)
     example_index = np.arange(part.start, part.stop)
     n = len(example_index)
@@ -42,10 +43,13 @@ def train_client(model: RecModel, params: dict[str, Tensor], data: ClientData, c
     shared = [name for name in local_params if name not in private]
 
     loss_sum, steps = 0.0, 0
+    path: dict[str, list[Tensor]] = {name: [] for name in private} if record_path else {}
     for epoch in range(local.epochs):
         order = np.argsort(shuffle_keys(seed, round_index, np.int64(client), epoch, np.arange(n)), kind="stable")
         for begin in range(0, n, local.batch_size):
             batch = torch.from_numpy(order[begin:begin + local.batch_size])
+            for name, snapshots in path.items():
+                snapshots.append(local_params[name].detach().clone())
             rows = {}
             for spec in model.param_specs():
                 value = local_params[spec.name]
@@ -77,17 +81,25 @@ def train_client(model: RecModel, params: dict[str, Tensor], data: ClientData, c
         client_sizes=torch.tensor([float(n)]),
     )
     private_rows = {name: local_params[name].detach() for name in private_names}
-    return CohortResult(update, torch.from_numpy(own_users), private_rows, loss_sum, steps)
+    private_path = {name: torch.stack([*snapshots, private_rows[name].clone()]) for name, snapshots in path.items()}
+    return CohortResult(update, torch.from_numpy(own_users), private_rows, loss_sum, steps,
+                        private_path if record_path else None)
 
 
 def train_cohort_reference(model: RecModel, params: dict[str, Tensor], data: ClientData, cohort: np.ndarray,
-                           local: LocalTraining, seed: int, round_index: int) -> CohortResult:
+                           local: LocalTraining, seed: int, round_index: int, record_path: bool = False) -> CohortResult:
     """Every client of the cohort in turn, each from the same global model."""
-    results = [train_client(model, params, data, int(c), local, seed, round_index) for c in cohort]
+    results = [train_client(model, params, data, int(c), local, seed, round_index, record_path) for c in cohort]
+    path = None
+    if record_path:  # every client's path padded to the longest one (a finished client's rows stay as they are)
+        length = max(len(next(iter(r.private_path.values()))) for r in results)
+        path = {name: torch.cat([stack_path(list(r.private_path[name]), length) for r in results], dim=1)
+                for name in results[0].private_rows}
     return CohortResult(
         update=CohortUpdate.concat([r.update for r in results]),
         users=torch.cat([r.users for r in results]),
         private_rows={n: torch.cat([r.private_rows[n] for r in results]) for n in results[0].private_rows},
         loss_sum=sum(r.loss_sum for r in results),
         steps=sum(r.steps for r in results),
+        private_path=path,
     )

@@ -244,7 +244,8 @@ def run_round(model: RecModel, state: ServerState, data: ClientData, settings: F
     result = None
     if len(cohort):
         with seeded_torch(seed, round_index):
-            result = train(model, state.params, data, cohort, settings.local, seed, round_index)
+            result = train(model, state.params, data, cohort, settings.local, seed, round_index,
+                           record_path=settings.hiding is not None and settings.hiding.needs_private_path)
     if settings.attack is not None and result is not None:  # the malicious clients replace their uploads
         result.update = settings.attack.poison(model, state.params, result.update, cohort, seed, round_index)
     arrived = arrive(result, data, cohort, settings.participation, settings.local.epochs, seed, round_index)

@@ -23,8 +23,11 @@ from fedrec.models.base import ExampleBatch, ParamKind, RecModel
 
 
 def train_cohort_vectorized(model: RecModel, params: dict[str, Tensor], data: ClientData, cohort: np.ndarray,
-                            local: LocalTraining, seed: int, round_index: int) -> CohortResult:
-    """Local training of every client in ``cohort`` (sorted client indices) in lockstep."""
+                            local: LocalTraining, seed: int, round_index: int, record_path: bool = False) -> CohortResult:
+    """Local training of every client in ``cohort`` (sorted client indices) in lockstep.
+
+    ``record_path`` also returns the private rows before every local step (``CohortResult.private_path``).
+    """
     num_items = max(spec.shape[0] for spec in model.specs_by_kind(ParamKind.SHARED_ROWS))
     examples = cohort_examples(data, cohort)
     schedule = local_schedule(examples, cohort, local.epochs, local.batch_size, seed, round_index)
@@ -72,7 +75,11 @@ def train_cohort_vectorized(model: RecModel, params: dict[str, Tensor], data: Cl
 
     loss_sum = 0.0
     bounds = schedule.step_bounds
+    private_names = [s.name for s in model.specs_by_kind(ParamKind.PRIVATE_ROWS)]
+    path: dict[str, list[Tensor]] = {name: [] for name in private_names} if record_path else {}
     for step in range(len(bounds) - 1):
+        for name, snapshots in path.items():  # lock step: global step t is every client's local step t
+            snapshots.append(tables[name].clone())
         lo, hi = int(bounds[step]), int(bounds[step + 1])  # the copies trained at this step
         g_lo, g_hi = int(group_of_copy[lo]), int(group_of_copy[hi - 1]) + 1
         n = int(group_width[g_lo:g_hi].max())
@@ -112,9 +119,11 @@ def train_cohort_vectorized(model: RecModel, params: dict[str, Tensor], data: Cl
         dense_deltas={s.name: deltas[s.name] for s in model.specs_by_kind(ParamKind.SHARED_DENSE)},
         client_sizes=torch.from_numpy(examples.client_sizes.astype(np.float32)),
     )
-    private_rows = {s.name: tables[s.name] for s in model.specs_by_kind(ParamKind.PRIVATE_ROWS)}
+    private_rows = {name: tables[name] for name in private_names}
     steps = int(np.sum(-(-examples.client_sizes // local.batch_size))) * local.epochs
-    return CohortResult(update, torch.from_numpy(own_users), private_rows, loss_sum, steps)
+    private_path = {name: torch.stack([*snapshots, tables[name].clone()]) for name, snapshots in path.items()}
+    return CohortResult(update, torch.from_numpy(own_users), private_rows, loss_sum, steps,
+                        private_path if record_path else None)
 
 
 def _step_of(bounds: np.ndarray) -> np.ndarray:

@@ -455,18 +455,18 @@ def run_audit(config: RunConfig, audit: AuditSettings, on_round: Callable[[int, 
     bytes_up, bytes_rounds, secagg_seconds, rounds = 0, 0, 0.0, config.train.rounds
     for round_index in range(rounds):
         cohort = sample_cohort(data.num_clients, settings.client_fraction, seed, round_index, eligible, settings.sampling)
-        result = BACKENDS[settings.backend](model, params, data, cohort, settings.local, seed, round_index)
+        result = BACKENDS[settings.backend](model, params, data, cohort, settings.local, seed, round_index,
+                                            record_path=audit.hiding.needs_private_path)
         observed = round_index >= rounds - audit.observe_rounds
         sums = RowSums.zeros(model)
         cohort_sum = CohortSum.zeros(layout)  # what the server aggregates (in the clear unless the protocol runs)
         round_clip = float(privacy_state.get("clip_norm", clip_norm)) if clip_norm is not None else None
         weighting = settings.row_weighting
         round_evidence = []
-        trained = write_private_rows(params, result)  # the clients' private rows after local training
         for positions in client_chunks(result.update, num_items, audit.hiding):
             part = select_clients(result.update, positions)
             fakes = (virtual_example_values(model, params, data, cohort[positions], settings.local, seed, round_index,
-                                            trained)
+                                            result)
                      if audit.hiding.mode == "pseudo" and audit.hiding.pseudo_values == "virtual" else None)
             hidden, weighting = apply_hiding(part, num_items, audit.hiding, settings.row_weighting, seed, round_index,
                                              cohort[positions], fakes)
@@ -502,7 +502,6 @@ def run_audit(config: RunConfig, audit: AuditSettings, on_round: Callable[[int, 
             privacy_state = {"clip_norm": torch.tensor(next_clip, dtype=torch.float64)}
         params, optimizer_state = settings.server.step(params, deltas, optimizer_state)
         params = write_private_rows(params, result)
-        del trained
         if on_round is not None:
             on_round(round_index + 1, rounds)
 

@@ -42,7 +42,7 @@ from fedrec.errors import FedrecError
 from fedrec.federated import rng
 from fedrec.federated.aggregation import CohortUpdate, RowWeighting, keep_clients
 from fedrec.federated.cohort import ClientData
-from fedrec.federated.local import LocalTraining
+from fedrec.federated.local import CohortResult, LocalTraining
 from fedrec.federated.server import INDEX_BYTES, upload_bytes
 from fedrec.privacy.hiding_settings import HIDING_MODES, HidingMode, HidingSettings  # noqa: F401 (re-exported)
 from fedrec.models.base import ExampleBatch, ParamKind, RecModel, parameter_bytes
@@ -164,18 +164,21 @@ def add_pseudo_items(update: CohortUpdate, num_items: int, settings: HidingSetti
 
 def virtual_example_values(model: RecModel, params: dict[str, Tensor], data: ClientData, clients: np.ndarray,
                            local: LocalTraining, seed: int, round_index: int,
-                           trained: dict[str, Tensor] | None = None) -> FakeValues:
+                           trained: CohortResult | None = None) -> FakeValues:
     """FedRec-style fake rows: the SGD step each client takes on a virtual example.
 
     The example pairs the client's user with the pseudo-item and a virtual rating chosen so that the
     client's error on it equals its error on one of its own training examples, drawn uniformly
     (FedRec fills in predicted ratings; matching the error distribution keeps the fake rows' norms
     like the real ones'); its deltas are one SGD step, ``-lr / B * gradient`` of
-    the model's loss, B the client's batch length, rounded as a real row is ((q + step) - q in
-    float32). A real row is trained at some local step k of S: the private rows used are those at
-    a uniformly drawn step k, interpolated as start + k/S (end - start) between ``params`` (the
-    round's start) and ``trained`` (the clients' private rows after local training; omitted: the
-    start, exact for one-step clients). Draws are seeded by (seed, round, client, item).
+    the model's loss, B the length of the client's batch at that step (its last batch of an epoch may be short), rounded as a real row is ((q + step) - q in
+    float32). A real row is trained at some local step k of S with the private rows as they were
+    before that step: the fake uses the client's private rows before step k of a uniformly drawn
+    example copy of its own (so fakes spread over steps as real rows do), read from ``trained.private_path`` (local training run with ``record_path=True``; omitted:
+    the round's start, exact for one-step clients). An earlier version interpolated linearly
+    between the start and the end of local training; the audit's direction scorer told those fakes
+    apart (they fit the client's mean user vector better than real rows, which follow the curved SGD
+    path), so the path is now recorded. Draws are seeded by (seed, round, client, item).
     ``clients`` maps cohort positions to client indices. For rating models (no sampled negatives) only.
     """
     if model.negatives:
@@ -189,17 +192,24 @@ def virtual_example_values(model: RecModel, params: dict[str, Tensor], data: Cli
         pick = np.floor(rng.uniform01(seed, STREAM_PSEUDO_TARGETS, round_index, owner, items, 0) * sizes[owner])
         example = data.offsets[owner] + pick.astype(np.int64)
         users, targets = torch.from_numpy(data.users[example]), torch.from_numpy(data.targets[example])
-        steps = local.epochs * -(-sizes[owner] // local.batch_size)
-        step = np.floor(rng.uniform01(seed, STREAM_PSEUDO_TARGETS, round_index, owner, items, 1) * steps)
-        fraction = torch.from_numpy((step / steps).astype(np.float32))
+        # the step of a uniformly drawn example copy (epoch, position in the epoch's shuffle), so fakes fall
+        # on steps as real rows do: a short last batch holds few of them
+        per_epoch = -(-sizes[owner] // local.batch_size)
+        copy = np.floor(rng.uniform01(seed, STREAM_PSEUDO_TARGETS, round_index, owner, items, 1)
+                        * (local.epochs * sizes[owner])).astype(np.int64)
+        step = (copy // sizes[owner]) * per_epoch + (copy % sizes[owner]) // local.batch_size
         item_index = torch.from_numpy(items)
         private = {}
+        if trained is not None:
+            if trained.private_path is None:
+                raise ValueError("virtual pseudo-item values need local training run with record_path=True")
+            row_of_user = torch.full((int(trained.users.max()) + 1,), -1, dtype=torch.int64)
+            row_of_user[trained.users] = torch.arange(len(trained.users))
+            path_row = row_of_user[users]
+            path_step = torch.from_numpy(step)
         for spec in model.specs_by_kind(ParamKind.PRIVATE_ROWS):
-            start = params[spec.name][users]
-            if trained is not None:
-                shape = (-1,) + (1,) * (start.dim() - 1)
-                start = start + fraction.reshape(shape) * (trained[spec.name][users] - start)
-            private[spec.name] = start.unsqueeze(0)
+            private[spec.name] = (trained.private_path[spec.name][path_step, path_row] if trained is not None
+                                  else params[spec.name][users]).unsqueeze(0)
 
         def rows_for(item_rows: Callable[[str], Tensor]) -> dict[str, Tensor]:
             rows = dict(private)
@@ -218,7 +228,9 @@ def virtual_example_values(model: RecModel, params: dict[str, Tensor], data: Cli
         rows = rows_for(lambda name: leaves[name])
         with torch.no_grad():  # virtual rating: the fake item's prediction minus that error
             virtual = model.predict(rows)[0, :, 0] - real_error
-        batch = torch.from_numpy(np.minimum(sizes[owner], local.batch_size).astype(np.float32))
+        # the length of the batch at that step (a client's last batch of an epoch may be short), as a real row has
+        batch_len = np.minimum(local.batch_size, sizes[owner] - (step % per_epoch) * local.batch_size)
+        batch = torch.from_numpy(batch_len.astype(np.float32))
         loss = (model.example_loss(rows, ExampleBatch(virtual.unsqueeze(0)))[0] / batch).sum()
         grads = torch.autograd.grad(loss, list(leaves.values()))
         deltas = {name: leaf.detach().add(grad, alpha=-local.lr) - leaf.detach()

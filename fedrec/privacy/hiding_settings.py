@@ -38,6 +38,11 @@ class HidingSettings:
         if self.mode == "pseudo" and self.pseudo_items == 0 and self.pseudo_ratio == 0:
             raise FedrecError("hiding mode 'pseudo' needs a count of pseudo-items: --pseudo-items N or --pseudo-ratio R")
 
+    @property
+    def needs_private_path(self) -> bool:
+        """Virtual fake rows read the client's private rows at each local step (local training records them)."""
+        return self.mode == "pseudo" and self.pseudo_values == "virtual"
+
     def pseudo_count(self, real_rows: np.ndarray, num_items: int) -> np.ndarray:
         """Fake rows per client given its real row counts (capped at its untouched items)."""
         wanted = (np.full(len(real_rows), self.pseudo_items) if self.pseudo_items

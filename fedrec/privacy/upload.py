@@ -51,11 +51,10 @@ def hidden_chunks(model: RecModel, params: dict[str, Tensor], data: ClientData, 
     """(cohort positions, their upload as hidden by ``hiding``, its weighting), chunk by chunk of clients."""
     num_items = num_catalogue_items(model)
     virtual = hiding.mode == "pseudo" and hiding.pseudo_values == "virtual"
-    trained = write_private_rows(params, result) if virtual else None  # the clients' private rows after training
     for positions in client_chunks(update, num_items, hiding):
         part = select_clients(update, positions)
         fakes = (virtual_example_values(model, params, data, cohort[positions], local, seed,
-                                        round_index, trained) if virtual else None)
+                                        round_index, result) if virtual else None)
         hidden, hidden_weighting = apply_hiding(part, num_items, hiding, weighting, seed, round_index,
                                                 cohort[positions], fakes)
         yield positions, hidden, hidden_weighting
