@@ -121,6 +121,11 @@ class TrainConfig(Section):
     row_weighting: Literal["row_count", "client_size", "fedavg"] = "row_count"
     client_weighting: Literal["examples", "uniform", "sqrt"] = "examples"  # a client's weight: n, 1 or sqrt(n)
     prox_mu: float = Field(default=0.0, ge=0.0)  # FedProx: local loss + mu/2 ||w - w_global||^2 on shared parameters
+    # after the last round every client refits its private rows (user vector, bias) to the final shared model for
+    # this many local epochs at refit_private_lr (default: private_lr, else local_lr), shared parts frozen,
+    # nothing uploaded; 0: off
+    refit_private_epochs: int = Field(default=0, ge=0)
+    refit_private_lr: float | None = Field(default=None, gt=0.0)
     # stragglers and dropouts (fedrec/federated/participation.py); all off by default
     client_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)  # probability a sampled client drops out before uploading
     speed_sigma: float = Field(default=0.0, ge=0.0)  # clients' compute speeds ~ log-normal(0, sigma), drawn once
@@ -315,6 +320,9 @@ class RunConfig(Section):
         if self.privacy.enabled and (self.train.client_weighting != "examples" or self.train.late_updates != "drop"):
             raise ValueError("with privacy.* every client's clipped update counts once, so train.client_weighting and "
                              "train.late_updates = 'downweight' have no effect; leave them at their defaults")
+        if self.train.refit_private_epochs and self.train.mode != "federated":
+            raise ValueError("train.refit_private_epochs refits the clients' private rows after federated training; "
+                             "set it to 0 in centralised mode (every parameter is trained jointly there)")
         if self.eval.mix_beta != 1.0 and self.eval.finetune_epochs == 0:
             raise ValueError("eval.mix_beta mixes the fine-tuned copies with the global model; "
                              "set eval.finetune_epochs >= 1 (e.g. --set eval.finetune_epochs=1)")

@@ -41,3 +41,27 @@ def test_finetuned_copy_equals_the_clients_own_training(name, options):
     torch.testing.assert_close(scores, model.predict(expected)[0], atol=1e-5, rtol=0)
     # fine-tuning changed this user's scores
     assert not torch.equal(scores, model.predict(gather_rows(model, params, torch.tensor([user]), items))[0])
+
+
+def test_refit_private_rows_is_sgd_on_the_private_rows_only():
+    # one client, one rating, one epoch: the refit is one SGD step on (p_u, b_u) with the item rows frozen
+    from fedrec.federated.personalize import refit_private_rows
+    from fedrec.models.mf import BiasedMF, MFConfig
+
+    data = ClientData(offsets=np.array([0, 0, 1]), users=np.array([1]), items=np.array([2]),
+                      targets=np.array([4.0], dtype=np.float32))
+    model = BiasedMF(MFConfig(dim=3, l2=0.1, global_mean=3.0), num_users=2, num_items=4)
+    params = model.init_params(torch.Generator().manual_seed(0))
+    params["item_bias"] = torch.tensor([[0.0], [0.0], [0.3], [0.0]])
+    lr = 0.05
+    start = {name: value.clone() for name, value in params.items()}
+    refitted = refit_private_rows(model, params, data, epochs=1, lr=lr, batch_size=8, seed=0)
+    p, q, b_u = params["user_vec"][1], params["item_vec"][2], params["user_bias"][1, 0]
+    error = 3.0 + b_u + 0.3 + p @ q - 4.0
+    torch.testing.assert_close(refitted["user_vec"][1], p - lr * (2 * error * q + 2 * 0.1 * p))
+    torch.testing.assert_close(refitted["user_bias"][1, 0], b_u - lr * (2 * error + 2 * 0.1 * b_u))
+    torch.testing.assert_close(refitted["user_vec"][0], params["user_vec"][0])  # user 0 has no data: untouched
+    for name in ("item_vec", "item_bias", "global_bias"):
+        assert torch.equal(refitted[name], params[name])  # the shared model is not changed
+    for name, value in start.items():
+        assert torch.equal(params[name], value)  # the input is left as it was

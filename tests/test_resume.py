@@ -243,3 +243,39 @@ def test_resume_with_fewer_rounds_than_done_is_an_error_or_consistent(tmp_path):
     saved = json.loads((out / "config.json").read_text())
     assert saved["train"]["rounds"] == metrics["rounds"] == len(history_rounds(out))
 
+
+
+# -- (e) the final refit of the private rows (train.refit_private_epochs) ----------------------------
+
+
+REFIT = ["train.refit_private_epochs=2", "train.refit_private_lr=0.05"]
+
+
+def test_refit_happens_once_and_a_finished_run_resumes_to_the_same_metrics(tmp_path):
+    out = tmp_path / "run"
+    first = train(config("federated", 3, *REFIT), out)
+    assert first["rmse"] < first["before_refit_rmse"]  # the private rows now fit the final item rows
+    tensors, meta = checkpoint(out)
+    assert "before_refit" in meta and any(key.startswith("trained/") for key in tensors)
+    again = train(config("federated", 3, *REFIT), out, resume=True)  # nothing left to run: no second refit
+    assert again["rmse"] == pytest.approx(first["rmse"], abs=1e-9)
+    assert again["bytes_down"] == first["bytes_down"]
+    plain = train(config("federated", 3), tmp_path / "plain")
+    assert first["before_refit_rmse"] == pytest.approx(plain["rmse"], abs=1e-6)  # training itself is unchanged
+    assert first["bytes_down"] > plain["bytes_down"]  # the final model reaches every client once more
+
+
+def test_extending_a_refitted_run_equals_a_longer_run(tmp_path):
+    straight = tmp_path / "straight"
+    straight_metrics = train(config("federated", 4, *REFIT), straight)
+    out = tmp_path / "run"
+    train(config("federated", 2, *REFIT), out)
+    metrics = train(config("federated", 4, *REFIT), out, resume=True)
+    assert history_rounds(out) == [1, 2, 3, 4]
+    assert_same_run(out, straight, metrics, straight_metrics, "federated")
+    assert metrics["before_refit_rmse"] == pytest.approx(straight_metrics["before_refit_rmse"], abs=1e-6)
+
+
+def test_refit_needs_federated_training():
+    with pytest.raises(FedrecError, match="refit_private_epochs"):
+        config("centralized", 2, *REFIT)

@@ -23,6 +23,7 @@ from fedrec.federated.vectorized import train_cohort_vectorized
 from fedrec.models.base import ParamKind, RecModel, num_catalogue_items, score_items_in_chunks
 
 FINETUNE_ROUND = 1 << 40  # round counter used for fine-tuning draws (disjoint from training rounds)
+REFIT_ROUND = (1 << 40) + 1  # ... and for the final refit of the private rows
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,27 @@ def finetune(model: RecModel, params: dict[str, Tensor], data: ClientData, clien
     num_items = num_catalogue_items(model)
     keys = result.update.row_clients.numpy() * num_items + result.update.row_items.numpy()
     return Personalization(result, position_of_client[client_of_user], keys)
+
+
+def refit_private_rows(model: RecModel, params: dict[str, Tensor], data: ClientData, epochs: int, lr: float,
+                       batch_size: int, seed: int) -> dict[str, Tensor]:
+    """Parameters with every client's private rows refitted to the shared model in ``params``.
+
+    After the last round, each client runs ``epochs`` local epochs of SGD (learning rate ``lr``) over
+    its own examples on its private rows only (user vector and bias); the shared parts stay as the
+    server sent them and nothing is uploaded. During training a client's private rows were last
+    fitted to the previous round's shared model; this fits them to the final one.
+    """
+    cohort = np.flatnonzero(data.sizes > 0)
+    private = model.specs_by_kind(ParamKind.PRIVATE_ROWS)
+    if not len(cohort) or not private:
+        return dict(params)
+    local = LocalTraining(epochs, lr=0.0, batch_size=batch_size, private_lr=lr)  # shared copies do not move
+    result = train_cohort_vectorized(model, params, data, cohort, local, seed, REFIT_ROUND)
+    refitted = dict(params)
+    for spec in private:
+        refitted[spec.name] = params[spec.name].index_copy(0, result.users, result.private_rows[spec.name])
+    return refitted
 
 
 def mix_with_start(result: CohortResult, params: dict[str, Tensor], beta: float) -> CohortResult:

@@ -164,6 +164,8 @@ def check_deployable(config: RunConfig) -> None:
         raise FedrecError("deployment runs federated jobs; set train.mode=federated (centralised runs use fedrec train)")
     if config.eval.finetune_epochs:
         raise FedrecError("eval.finetune_epochs is not supported in deployment yet; set it to 0 or use fedrec train")
+    if config.train.refit_private_epochs:
+        raise FedrecError("train.refit_private_epochs is not supported in deployment yet; set it to 0 or use fedrec train")
     if config.model.name not in DEPLOYABLE_MODELS:
         raise FedrecError(f"model.name={config.model.name!r} is not supported in deployment yet; "
                           f"use one of {', '.join(DEPLOYABLE_MODELS)} or fedrec train")

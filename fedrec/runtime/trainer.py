@@ -31,14 +31,15 @@ from fedrec.federated.attacks import Adversary
 from fedrec.federated.compression import Compression
 from fedrec.federated.local import LocalTraining
 from fedrec.federated.participation import Participation
-from fedrec.federated.personalize import finetune
+from fedrec.federated.personalize import finetune, refit_private_rows
 from fedrec.federated.robust import DefenceSettings, RobustSettings, ValidationSettings
-from fedrec.federated.server import FedAvgSettings, ServerState, run_round
+from fedrec.federated.server import FedAvgSettings, ServerState, download_bytes, run_round
 from fedrec.federated.server_opt import ServerOptimizer
 from fedrec.runtime.centralized import CentralSettings, make_optimizer, train_epoch
 from fedrec.runtime.checkpoint import (CHECKPOINT_NAME, atomic_write_text, check_resumable, finished_history,
                                        load_checkpoint, save_checkpoint)
 from fedrec.runtime.experiment import Experiment, prepare
+from fedrec.models.base import ParamKind
 from fedrec.privacy.dp import CentralDP
 from fedrec.privacy.ldp import LocalDP
 from fedrec.privacy.cohort_sum import SecureAggregation
@@ -254,6 +255,8 @@ class _Run:
         self.bytes_up = 0
         self.bytes_down = 0
         self.history: list[dict[str, Any]] = []
+        self.before_refit: dict[str, Any] | None = None  # metrics before the private rows' final refit, once done
+        self.trained_private: dict[str, Tensor] = {}  # the private rows as training left them (before the refit)
 
     def central_settings(self) -> CentralSettings:
         train = self.config.train
@@ -265,10 +268,13 @@ class _Run:
         tensors.update({f"server/{k}": v for k, v in self.server_state.items()})
         tensors.update({f"privacy/{k}": v for k, v in self.privacy_state.items()})
         tensors.update({f"client/{k}": v for k, v in self.client_state.items()})
+        tensors.update({f"trained/{k}": v for k, v in self.trained_private.items()})
         meta: dict[str, Any] = {
             "round": self.round, "seconds": self.seconds, "bytes_up": self.bytes_up, "bytes_down": self.bytes_down,
             "config": config_to_json(self.config),
         }
+        if self.before_refit is not None:
+            meta["before_refit"] = self.before_refit
         if isinstance(self.privacy, CentralDP):
             meta["noise_multiplier"] = self.privacy.noise_multiplier
         if self.central_optimizer is not None:
@@ -304,6 +310,15 @@ class _Run:
         self.round, self.seconds = int(meta["round"]), float(meta["seconds"])
         self.bytes_up, self.bytes_down = int(meta["bytes_up"]), int(meta["bytes_down"])
         self.history = finished_history(self.out_dir / "history.jsonl", self.round)
+        self.before_refit = meta.get("before_refit")
+        self.trained_private = {k[len("trained/"):]: v for k, v in tensors.items() if k.startswith("trained/")}
+        if self.before_refit is not None and self.round < self.config.train.rounds:
+            # extending a finished run: training continues from the private rows it left, not the refitted ones
+            with torch.no_grad():
+                for name, value in self.trained_private.items():
+                    self.params[name].copy_(value)
+            self.before_refit, self.trained_private = None, {}
+            self.bytes_down -= download_bytes(self.exp.model, int(self.eligible.sum()))  # the refit's download
 
     # -- one round ----------------------------------------------------------------------------
     def step(self) -> dict[str, Any]:
@@ -351,6 +366,23 @@ class _Run:
         self.stop_reason = budget_stop_reason(self.config, self.privacy, self.round)
         return self.stop_reason is not None
 
+    def refit_private(self) -> None:
+        """The final refit of every client's private rows (train.refit_private_epochs), once per run."""
+        train = self.config.train
+        began = time.perf_counter()
+        self.before_refit = dict(self.exp.evaluator(self.detached(), prefix="before_refit_"))
+        self.trained_private = {spec.name: self.params[spec.name].detach().clone()
+                                for spec in self.exp.model.specs_by_kind(ParamKind.PRIVATE_ROWS)}
+        refitted = refit_private_rows(self.exp.model, self.detached(), self.exp.clients, train.refit_private_epochs,
+                                      train.refit_private_lr or train.private_lr or train.local_lr, train.batch_size,
+                                      train.seed)
+        with torch.no_grad():
+            for name, value in refitted.items():
+                self.params[name].copy_(value)
+        self.bytes_down += download_bytes(self.exp.model, int(self.eligible.sum()))  # the final model, to every client
+        self.seconds += time.perf_counter() - began
+        self.save()
+
     def detached(self) -> dict[str, Tensor]:
         return {k: v.detach() for k, v in self.params.items()}
 
@@ -389,6 +421,9 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False, on_round: Roun
             run.save()
         if on_round is not None:
             on_round(record)
+    if (run.federated and config.train.refit_private_epochs and run.round == config.train.rounds
+            and run.before_refit is None):
+        run.refit_private()
     metrics = final_metrics(run)
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return metrics
@@ -405,6 +440,8 @@ def final_metrics(run: _Run) -> dict[str, Any]:
         personal = finetune(exp.model, params, exp.clients, exp.partition.client_of_user, local, train.seed,
                             mix_beta=run.config.eval.mix_beta)
         metrics.update(exp.evaluator(params, personal, prefix="finetuned_", validation=False))
+    if run.before_refit is not None:  # the headline metrics are after the refit; these are before it
+        metrics.update(run.before_refit)
     metrics.update(exp.evaluator.popularity_baseline())
     metrics.update(
         mode=run.config.train.mode,
