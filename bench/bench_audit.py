@@ -26,7 +26,7 @@ from fedrec.privacy.hiding import HidingSettings  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = ["data.num_users=60", "data.num_items=150", "model.dim=8", "train.rounds=3"]
 
-DP_CONFIG = ROOT / "configs/ml100k-mf-dp.toml"  # the tuned DP-FedAvg job (dim 8, 20 rounds), epsilon = 8
+DP_CONFIG = ROOT / "configs/ml100k-mf-dp.toml"  # the tuned DP-FedAvg job (dim 1, 20 rounds), epsilon = 8
 # (label, config (None: --config), extra config overrides, audit settings)
 OPTIONS: list[tuple[str, Path | None, list[str], AuditSettings]] = [
     ("plain sparse upload", None, [], AuditSettings()),
@@ -85,20 +85,23 @@ def main() -> None:
         f"{_number(last['audit_prior_item_auc_per_client'])}, precision@10 {_number(last['audit_prior_item_precision@10'])}; "
         f"rating guess mu + b_i, RMSE {_number(last['audit_rating_rmse_baseline'])}.\n\n"
         "Item AUC: for each item, how well the server's scores separate the clients that interacted with it from those "
-        "that did not (0.5: it learns nothing about who holds the item); best of three scorers (row present and "
-        "non-zero, row norm, row weight), averaged over the 2 observed rounds. Item AUC per client and precision@10 "
+        "that did not (0.5: it learns nothing about who holds the item); best of four scorers (row present and "
+        "non-zero, row norm, row weight, and for biased MF how well the row fits an SGD step along the client's user vector), averaged over the 2 observed rounds. Item AUC per client and precision@10 "
         "rank each client's training items among all items, which also credits the item popularity every server "
         "learns from the sums (the reference points). Rating RMSE: Chai et al. (2020) inversion of two consecutive "
         "uploads of biased MF (exact with one local step; see fedrec/privacy/audit.py). Pseudo-items keep one "
         "fixed set per client unless marked; their values are one SGD step on a virtual rating whose error matches "
-        "one of the client's real errors (FedRec), or, where marked, a per-coordinate bootstrap of its real rows. "
+        "one of the client's real errors (FedRec), taken with the client's private rows before one of its real local "
+        "steps (the step of a uniformly drawn example, with that step's batch length), or, where marked, a "
+        "per-coordinate bootstrap of its real rows. "
         "Each scorer is also tried negated (a score that ranks fakes first informs just as well). "
         "Secure aggregation runs the real protocol (SecAgg+, fixed point in Z_2^64) in the two observed rounds; "
         "its MiB up / round are the protocol's measured messages (keys, encrypted shares, masked vectors, unmasking "
         "shares); its time per round is in BENCHMARKS.md's secure-aggregation section and in history.jsonl "
         "(secagg_seconds) of `fedrec train --set privacy.secure_aggregation=true`. Central DP alone does not hide the uploads from the server (it sees each "
-        "client's rows); DP rows use configs/ml100k-mf-dp.toml (dim 8, 20 rounds, epsilon 8). Accuracy cost: "
-        "test RMSE minus that of the first row with the same config (plain sparse upload; for the DP rows, central "
+        "client's rows); DP rows use configs/ml100k-mf-dp.toml (dim 1, 20 rounds, epsilon 8). Test RMSE: the model the audited run trains, "
+        "without the final refit of the private rows (train.refit_private_epochs), which the audit does not run. "
+        "Accuracy cost: test RMSE minus that of the first row with the same config (plain sparse upload; for the DP rows, central "
         "DP without secure aggregation: the two give the same model).\n")
     print(body)
     if not args.no_write:

@@ -7,14 +7,17 @@ to it (the only metric any setting was chosen on). Accuracy only: no timings.
 Target: ID + text >= ID-only on full-ranking NDCG@10.
 
     FEDREC_DATA=../shared/data OMP_NUM_THREADS=1 python bench/bench_text_warm.py [--rounds 80 --eval-every 10]
+    FEDREC_DATA=../shared/data OMP_NUM_THREADS=1 python bench/bench_text_warm.py --seeds 3 --jobs 2   # mean of 3 seeds
     FEDREC_DATA=../shared/data python bench/bench_text_warm.py --quick        # smoke run: 2 rounds, no write
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +39,24 @@ def train_with_checkpoints(config_name: str, overrides: list[str], out_dir: Path
     return records, metrics
 
 
+def _run(config_name: str, overrides: list[str], out_dir: Path, threads: int) -> tuple[list[dict[str, Any]], dict]:
+    import torch
+
+    torch.set_num_threads(threads)
+    return train_with_checkpoints(config_name, overrides, out_dir)
+
+
+def _mean_runs(runs: list[tuple[list[dict[str, Any]], dict]]) -> tuple[list[dict[str, Any]], dict]:
+    """Per-checkpoint and final metrics averaged over seeds (keys every run has)."""
+    def mean(dicts: list[dict]) -> dict:
+        keys = [k for k, v in dicts[0].items() if isinstance(v, (int, float)) and all(k in d for d in dicts)]
+        return {k: statistics.mean(float(d[k]) for d in dicts) for k in keys}
+    records = [mean(list(step)) for step in zip(*(r[0] for r in runs))]
+    for record in records:
+        record["round"] = int(record["round"])
+    return records, mean([r[1] for r in runs])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=80, help="rounds for both models (the same budget)")
@@ -44,6 +65,8 @@ def main() -> None:
     parser.add_argument("--text-set", dest="text_overrides", action="append", default=[],
                         help="override for the ID + text run only (e.g. a setting tuned on validation)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--seeds", type=int, default=1, help="train.seed 0..N-1 for both models; the table shows means")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once (processes)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 rounds, nothing written")
     parser.add_argument("--no-write", action="store_true", help="print the table, do not touch BENCHMARKS.md")
     args = parser.parse_args()
@@ -53,15 +76,20 @@ def main() -> None:
     if args.quick:
         args.rounds, args.eval_every, args.no_write = 2, 1, True
     common = [f"train.rounds={args.rounds}", f"train.eval_every={args.eval_every}", *args.overrides]
-    results: dict[str, tuple[list[dict[str, Any]], dict]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for label, config_name in RUNS.items():
-            extra = args.text_overrides if config_name.startswith("ml100k-text") else []
-            results[label] = train_with_checkpoints(config_name, common + extra, Path(tmp) / config_name)
-            final = results[label][1]
-            print(f"{label}: hr@10={final['hr@10']:.4f} ndcg@10={final['ndcg@10']:.4f} "
+    tasks = [(label, config_name, seed) for label, config_name in RUNS.items() for seed in range(args.seeds)]
+    with tempfile.TemporaryDirectory() as tmp, ProcessPoolExecutor(args.jobs) as pool:
+        futures = [pool.submit(_run, config_name, [*common, f"train.seed={seed}",
+                                                  *(args.text_overrides if config_name.startswith("ml100k-text") else [])],
+                               Path(tmp) / f"{config_name}-{seed}", args.threads)
+                   for label, config_name, seed in tasks]
+        runs: dict[str, list[tuple[list[dict[str, Any]], dict]]] = {label: [] for label in RUNS}
+        for (label, _, seed), future in zip(tasks, futures):
+            records, final = future.result()
+            runs[label].append((records, final))
+            print(f"{label} seed {seed}: hr@10={final['hr@10']:.4f} ndcg@10={final['ndcg@10']:.4f} "
                   f"val_ndcg@10={final.get('val_ndcg@10', float('nan')):.4f}", flush=True)
-    (id_records, id_final), (text_records, text_final) = results.values()
+    id_records, id_final = _mean_runs(runs["ID-only (bpr)"])
+    text_records, text_final = _mean_runs(runs["ID + text (text_bpr)"])
     rows = ["| round | ID-only HR@10 | ID-only NDCG@10 | ID-only val NDCG@10 | ID + text HR@10 | ID + text NDCG@10 "
             "| ID + text val NDCG@10 | NDCG@10 ID + text / ID-only |",
             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -71,15 +99,19 @@ def main() -> None:
                     f"{id_record.get('val_ndcg@10', float('nan')):.4f} | {text_record['hr@10']:.4f} | "
                     f"{text_record['ndcg@10']:.4f} | {text_record.get('val_ndcg@10', float('nan')):.4f} | "
                     f"{text_record['ndcg@10'] / max(id_record['ndcg@10'], 1e-12):.3f} |")
+    per_seed = "; ".join(
+        f"seed {seed}: ID-only {id_run[1]['ndcg@10']:.4f}, ID + text {text_run[1]['ndcg@10']:.4f}"
+        for seed, (id_run, text_run) in enumerate(zip(runs["ID-only (bpr)"], runs["ID + text (text_bpr)"])))
     met = text_final["ndcg@10"] >= id_final["ndcg@10"]
     settings = ", ".join(f"`{o}`" for o in args.overrides + args.text_overrides) or "none"
     body = "\n".join(rows) + (
-        f"\n\nFinal (round {args.rounds}): ID-only HR@10 {id_final['hr@10']:.4f}, NDCG@10 {id_final['ndcg@10']:.4f}; "
+        f"\n\nFinal (round {args.rounds}, mean of {args.seeds} seed(s)): ID-only HR@10 {id_final['hr@10']:.4f}, NDCG@10 {id_final['ndcg@10']:.4f}; "
         f"ID + text HR@10 {text_final['hr@10']:.4f}, NDCG@10 {text_final['ndcg@10']:.4f}. "
-        f"Target ID + text >= ID-only on NDCG@10: **{'met' if met else 'not met'}**.\n\n"
+        f"Target ID + text >= ID-only on NDCG@10: **{'met' if met else 'not met'}**. Final NDCG@10 by seed: {per_seed}.\n\n"
         "Both runs: ML-100K as implicit feedback, leave-last-out by time (last interaction = test, second-to-last = "
         "validation), full ranking over every item the user has not interacted with, federated FedAvg with the "
-        "server's Adam, one client per user, all 943 every round, seed 0, the same number of rounds. "
+        "server's Adam, one client per user, all 943 every round, the same seeds (train.seed: initial model, batches, "
+        "negatives) and the same number of rounds; every row is the mean over the seeds. "
         "ID-only: configs/ml100k-bpr-fedavg.toml; ID + text: configs/ml100k-text-bpr-fedavg.toml (item vector = ID "
         "embedding + a federated linear adapter of the all-MiniLM-L6-v2 embedding of title, year and genres, PCA to "
         f"64 dims). Overrides: {settings}. Settings were chosen on the validation interaction only.\n")
