@@ -74,7 +74,7 @@ def main() -> None:
         per_round_mb = m["bytes_up_per_round"] / 2**20
         rows.append(f"| {label} | {_number(m['audit_item_auc'])} | {_number(m['audit_item_auc_per_client'])} | "
                     f"{_number(m['audit_item_precision@10'])} | {_number(m['audit_rating_rmse'])} | {_number(m['rmse'])} | "
-                    f"{m['rmse'] - reference:+.4f} | {per_round_mb:.1f} |")
+                    f"{round(m['rmse'] - reference, 4) + 0.0:+.4f} | {per_round_mb:.1f} |")  # + 0.0: no "-0.0000"
         print(rows[-1], flush=True)
     last = m
     table = ["| what the server sees | item AUC (who holds an item) | item AUC per client | precision@10 | rating RMSE | "

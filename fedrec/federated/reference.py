@@ -91,7 +91,7 @@ def train_cohort_reference(model: RecModel, params: dict[str, Tensor], data: Cli
     """Every client of the cohort in turn, each from the same global model."""
     results = [train_client(model, params, data, int(c), local, seed, round_index, record_path) for c in cohort]
     path = None
-    if record_path:  # every client's path padded to the longest one (a finished client's rows stay as they are)
+    if record_path and results:  # every client's path padded to the longest one (a finished client's rows stay as they are)
         length = max(len(next(iter(r.private_path.values()))) for r in results)
         path = {name: torch.cat([stack_path(list(r.private_path[name]), length) for r in results], dim=1)
                 for name in results[0].private_rows}
