@@ -43,7 +43,7 @@ from fedrec.flower.codec import (merge_in_cohort_order, record_to_tensors, recor
                                  tensors_to_record)
 from fedrec.flower.codec import record_to_upload
 from fedrec.flower.local_dp import mean_of_noisy_sums
-from fedrec.flower.node import CLIENTS, INFO, METRICS, RESULT, SHARED, TASK, UPDATE, combine_metrics
+from fedrec.flower.node import CLIENTS, FINAL_REFIT, INFO, METRICS, RESULT, SHARED, TASK, UPDATE, combine_metrics
 from fedrec.models.base import RecModel, num_catalogue_items
 from fedrec.models.registry import IMPLICIT_MODELS, build_model, model_options
 from fedrec.privacy.cohort_sum import sum_layout
@@ -145,9 +145,11 @@ def _save(out_dir: Path, shared: dict[str, Tensor], server_state: dict[str, Tens
 
 
 def _evaluate(transport: Transport, nodes: list[int], shared_record: ArrayRecord, round_index: int, timeout: float,
-              ranking: bool) -> dict[str, float]:
-    replies = transport.exchange({n: RecordDict({SHARED: shared_record}) for n in nodes}, "evaluate", round_index,
-                                 timeout)
+              ranking: bool, final_refit: bool = False) -> dict[str, float]:
+    """Metrics of the shared model over every live node's users; ``final_refit``: the nodes first refit their
+    users' private rows to it (train.refit_private_epochs, the run's last evaluation)."""
+    content = {SHARED: shared_record, **({FINAL_REFIT: ConfigRecord({"refit": 1})} if final_refit else {})}
+    replies = transport.exchange({n: RecordDict(content) for n in nodes}, "evaluate", round_index, timeout)
     parts = [json.loads(str(reply.config_records[METRICS]["json"])) for reply in replies.values()]
     if not parts:
         raise FedrecError(f"no SuperNode answered the evaluation after round {round_index} within {timeout:.0f} s; "
@@ -164,8 +166,6 @@ def check_deployable(config: RunConfig) -> None:
         raise FedrecError("deployment runs federated jobs; set train.mode=federated (centralised runs use fedrec train)")
     if config.eval.finetune_epochs:
         raise FedrecError("eval.finetune_epochs is not supported in deployment yet; set it to 0 or use fedrec train")
-    if config.train.refit_private_epochs:
-        raise FedrecError("train.refit_private_epochs is not supported in deployment yet; set it to 0 or use fedrec train")
     if config.model.name not in DEPLOYABLE_MODELS:
         raise FedrecError(f"model.name={config.model.name!r} is not supported in deployment yet; "
                           f"use one of {', '.join(DEPLOYABLE_MODELS)} or fedrec train")
@@ -298,7 +298,8 @@ def run_federation(config: RunConfig, transport: Transport, out_dir: Path, expec
         record.update(privacy_spent(config, privacy, rounds_done, privacy_state))
         last = rounds_done == config.train.rounds
         if rounds_done % config.train.eval_every == 0 or last:
-            final = _evaluate(transport, live, tensors_to_record(shared), rounds_done, round_timeout, ranking)
+            final = _evaluate(transport, live, tensors_to_record(shared), rounds_done, round_timeout, ranking,
+                              final_refit=last and bool(config.train.refit_private_epochs))
             final_round = rounds_done
             record.update(final)
         record["seconds"] = round(time.perf_counter() - began, 4)

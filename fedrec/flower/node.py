@@ -28,6 +28,7 @@ from fedrec.eval.protocol import Evaluator
 from fedrec.federated.aggregation import CohortUpdate
 from fedrec.federated.cohort import ClientData
 from fedrec.federated.local import LocalTraining
+from fedrec.federated.personalize import refit_private_rows
 from fedrec.federated.rng import seeded_torch
 from fedrec.federated.server import BACKENDS, write_private_rows
 from fedrec.flower.codec import record_to_tensors, tensors_to_record, update_to_record
@@ -38,6 +39,7 @@ from fedrec.models.registry import IMPLICIT_MODELS
 INFO, TASK, SHARED, UPDATE, RESULT, METRICS, CLIENTS, PRIVATE = (
     "info", "task", "shared", "update", "result", "metrics", "clients", "private")
 RESIDUALS = "residuals"  # node state: its clients' compression residuals
+FINAL_REFIT = "final_refit"  # in an evaluate message: refit the private rows first (train.refit_private_epochs)
 RANKING_KEYS = ("hr", "ndcg", "recall", "mrr")  # per-user means that combine exactly across nodes
 
 
@@ -194,22 +196,38 @@ def upload_record(view: NodeView, state: RecordDict, update: CohortUpdate, clien
 
 
 def handle_evaluate(view: NodeView, state: RecordDict, content: RecordDict) -> RecordDict:
-    """Metrics of the received shared model with this node's private rows, on this node's users."""
+    """Metrics of the received shared model with this node's private rows, on this node's users.
+
+    With ``FINAL_REFIT`` in the message (the run's last evaluation and train.refit_private_epochs > 0),
+    the node first refits its users' private rows to this shared model, as the simulator does after
+    its last round, keeps them, and reports the metrics before the refit under ``before_refit_``.
+    """
     shared = record_to_tensors(content.array_records[SHARED])
     params = full_params(view, shared, private_rows(view, state))
-    metrics = node_metrics(view, params)
+    train = view.config.train
+    if FINAL_REFIT in content.config_records and train.refit_private_epochs:
+        before = node_metrics(view, params, prefix="before_refit_")
+        params = refit_private_rows(view.model, params, view.data, train.refit_private_epochs,
+                                    train.refit_private_lr or train.private_lr or train.local_lr, train.batch_size,
+                                    train.seed)
+        users = torch.from_numpy(view.users)
+        state.array_records[PRIVATE] = tensors_to_record(
+            {spec.name: params[spec.name][users] for spec in view.model.specs_by_kind(ParamKind.PRIVATE_ROWS)})
+        metrics = {**before, **node_metrics(view, params)}
+    else:
+        metrics = node_metrics(view, params)
     return RecordDict({METRICS: ConfigRecord({"json": json.dumps(metrics)})})
 
 
-def node_metrics(view: NodeView, params: dict[str, Tensor]) -> dict[str, float]:
+def node_metrics(view: NodeView, params: dict[str, Tensor], prefix: str = "") -> dict[str, float]:
     """Metrics on this node's users plus the counts :func:`combine_metrics` weights them by."""
     if not view.ranking:
-        out = dict(view.evaluator(params))
+        out = dict(view.evaluator(params, prefix=prefix))
         out["count"] = len(view.split.test)
         out["val_count"] = len(view.split.validation) if view.split.validation is not None else 0
         return out
     metrics = view.evaluator(params, validation=False)
-    out = {k: v for k, v in metrics.items() if k.split("@")[0] in RANKING_KEYS}
+    out = {prefix + k: v for k, v in metrics.items() if k.split("@")[0] in RANKING_KEYS}
     out["evaluated_users"] = int(metrics.get("evaluated_users", 0))
     return out
 
@@ -229,7 +247,8 @@ def combine_metrics(parts: list[dict[str, float]], ranking: bool) -> dict[str, f
             out[key] = sum(v * w for v, w in weighted) / total if total else math.nan
         out["evaluated_users"] = total
         return out
-    for prefix, count_key in (("val_", "val_count"), ("", "count")):
+    for prefix, count_key in (("val_", "val_count"), ("", "count"), ("before_refit_val_", "val_count"),
+                              ("before_refit_", "count")):
         weighted = [(p, int(p.get(count_key, 0))) for p in parts if p.get(count_key, 0)]
         total = sum(w for _, w in weighted)
         if not total or f"{prefix}rmse" not in weighted[0][0]:
