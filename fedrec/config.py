@@ -148,6 +148,11 @@ class TrainConfig(Section):
     eval_every: int = Field(default=1, ge=1)
     checkpoint_every: int = Field(default=1, ge=1)
 
+    @property
+    def refit_lr(self) -> float:
+        """Learning rate of the final refit of the private rows: refit_private_lr, else private_lr, else local_lr."""
+        return self.refit_private_lr or self.private_lr or self.local_lr
+
 
 class PrivacyConfig(Section):
     """Differential privacy of the clients' uploads (fedrec/privacy/). Off unless epsilon or noise_multiplier is set.

@@ -46,9 +46,9 @@ class CohortResult:
     private_path: dict[str, Tensor] | None = None
 
 
-def stack_path(snapshots: list[Tensor], length: int) -> Tensor:
-    """Snapshots of rows before steps 0..k (k + 1 <= ``length``), padded with the last one to ``length``."""
-    return torch.stack(snapshots + [snapshots[-1]] * (length - len(snapshots)))
+def pad_path(path: Tensor, length: int) -> Tensor:
+    """A recorded path (k + 1, ...) of rows before steps 0..k, padded with its last entry to ``length``."""
+    return torch.cat([path, path[-1:].expand(length - len(path), *path.shape[1:])])
 
 
 def local_copies(model: RecModel, params: dict[str, Tensor], users: np.ndarray, row_items: np.ndarray,

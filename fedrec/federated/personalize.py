@@ -19,6 +19,7 @@ from torch import Tensor
 
 from fedrec.federated.cohort import ClientData
 from fedrec.federated.local import CohortResult, LocalTraining
+from fedrec.federated.server import write_private_rows
 from fedrec.federated.vectorized import train_cohort_vectorized
 from fedrec.models.base import ParamKind, RecModel, num_catalogue_items, score_items_in_chunks
 
@@ -60,15 +61,10 @@ def refit_private_rows(model: RecModel, params: dict[str, Tensor], data: ClientD
     fitted to the previous round's shared model; this fits them to the final one.
     """
     cohort = np.flatnonzero(data.sizes > 0)
-    private = model.specs_by_kind(ParamKind.PRIVATE_ROWS)
-    if not len(cohort) or not private:
+    if not len(cohort) or not model.specs_by_kind(ParamKind.PRIVATE_ROWS):
         return dict(params)
     local = LocalTraining(epochs, lr=0.0, batch_size=batch_size, private_lr=lr)  # shared copies do not move
-    result = train_cohort_vectorized(model, params, data, cohort, local, seed, REFIT_ROUND)
-    refitted = dict(params)
-    for spec in private:
-        refitted[spec.name] = params[spec.name].index_copy(0, result.users, result.private_rows[spec.name])
-    return refitted
+    return write_private_rows(params, train_cohort_vectorized(model, params, data, cohort, local, seed, REFIT_ROUND))
 
 
 def mix_with_start(result: CohortResult, params: dict[str, Tensor], beta: float) -> CohortResult:

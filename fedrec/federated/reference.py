@@ -11,7 +11,7 @@ import torch
 
 from fedrec.federated.aggregation import CohortUpdate
 from fedrec.federated.cohort import ClientData, shuffle_keys, slot_items
-from fedrec.federated.local import CohortResult, LocalTraining, local_copies, proximal_term, stack_path
+from fedrec.federated.local import CohortResult, LocalTraining, local_copies, pad_path, proximal_term
 from fedrec.models.base import ExampleBatch, ParamKind, RecModel
 from torch import Tensor
 
@@ -93,7 +93,7 @@ def train_cohort_reference(model: RecModel, params: dict[str, Tensor], data: Cli
     path = None
     if record_path and results:  # every client's path padded to the longest one (a finished client's rows stay as they are)
         length = max(len(next(iter(r.private_path.values()))) for r in results)
-        path = {name: torch.cat([stack_path(list(r.private_path[name]), length) for r in results], dim=1)
+        path = {name: torch.cat([pad_path(r.private_path[name], length) for r in results], dim=1)
                 for name in results[0].private_rows}
     return CohortResult(
         update=CohortUpdate.concat([r.update for r in results]),

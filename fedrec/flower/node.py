@@ -207,9 +207,8 @@ def handle_evaluate(view: NodeView, state: RecordDict, content: RecordDict) -> R
     train = view.config.train
     if FINAL_REFIT in content.config_records and train.refit_private_epochs:
         before = node_metrics(view, params, prefix="before_refit_")
-        params = refit_private_rows(view.model, params, view.data, train.refit_private_epochs,
-                                    train.refit_private_lr or train.private_lr or train.local_lr, train.batch_size,
-                                    train.seed)
+        params = refit_private_rows(view.model, params, view.data, train.refit_private_epochs, train.refit_lr,
+                                    train.batch_size, train.seed)
         users = torch.from_numpy(view.users)
         state.array_records[PRIVATE] = tensors_to_record(
             {spec.name: params[spec.name][users] for spec in view.model.specs_by_kind(ParamKind.PRIVATE_ROWS)})

@@ -467,7 +467,7 @@ def run_audit(config: RunConfig, audit: AuditSettings, on_round: Callable[[int, 
             part = select_clients(result.update, positions)
             fakes = (virtual_example_values(model, params, data, cohort[positions], settings.local, seed, round_index,
                                             result)
-                     if audit.hiding.mode == "pseudo" and audit.hiding.pseudo_values == "virtual" else None)
+                     if audit.hiding.needs_private_path else None)
             hidden, weighting = apply_hiding(part, num_items, audit.hiding, settings.row_weighting, seed, round_index,
                                              cohort[positions], fakes)
             sums.add(hidden, weighting)

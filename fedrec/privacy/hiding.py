@@ -171,11 +171,12 @@ def virtual_example_values(model: RecModel, params: dict[str, Tensor], data: Cli
     client's error on it equals its error on one of its own training examples, drawn uniformly
     (FedRec fills in predicted ratings; matching the error distribution keeps the fake rows' norms
     like the real ones'); its deltas are one SGD step, ``-lr / B * gradient`` of
-    the model's loss, B the length of the client's batch at that step (its last batch of an epoch may be short), rounded as a real row is ((q + step) - q in
-    float32). A real row is trained at some local step k of S with the private rows as they were
-    before that step: the fake uses the client's private rows before step k of a uniformly drawn
-    example copy of its own (so fakes spread over steps as real rows do), read from ``trained.private_path`` (local training run with ``record_path=True``; omitted:
-    the round's start, exact for one-step clients). An earlier version interpolated linearly
+    the model's loss, B the length of the client's batch at that step (its last batch of an epoch may
+    be short), rounded as a real row is ((q + step) - q in float32). A real row is trained at some
+    local step k of S with the private rows as they were before that step: the fake uses the
+    client's private rows before step k of a uniformly drawn example copy of its own (so fakes
+    spread over steps as real rows do), read from ``trained.private_path`` (local training run with
+    ``record_path=True``; omitted: the round's start, exact for one-step clients). An earlier version interpolated linearly
     between the start and the end of local training; the audit's direction scorer told those fakes
     apart (they fit the client's mean user vector better than real rows, which follow the curved SGD
     path), so the path is now recorded. Draws are seeded by (seed, round, client, item).
@@ -186,6 +187,11 @@ def virtual_example_values(model: RecModel, params: dict[str, Tensor], data: Cli
                           "use pseudo_values='bootstrap'")
     clients = np.asarray(clients, dtype=np.int64)
     sizes = data.sizes
+    if trained is not None:
+        if trained.private_path is None:
+            raise ValueError("virtual pseudo-item values need local training run with record_path=True")
+        row_of_user = torch.full((int(trained.users.max()) + 1,), -1, dtype=torch.int64)  # user -> row of the path
+        row_of_user[trained.users] = torch.arange(len(trained.users))
 
     def values(positions: np.ndarray, items: np.ndarray) -> tuple[dict[str, Tensor], Tensor]:
         owner = clients[positions]
@@ -200,16 +206,9 @@ def virtual_example_values(model: RecModel, params: dict[str, Tensor], data: Cli
         step = (copy // sizes[owner]) * per_epoch + (copy % sizes[owner]) // local.batch_size
         item_index = torch.from_numpy(items)
         private = {}
-        if trained is not None:
-            if trained.private_path is None:
-                raise ValueError("virtual pseudo-item values need local training run with record_path=True")
-            row_of_user = torch.full((int(trained.users.max()) + 1,), -1, dtype=torch.int64)
-            row_of_user[trained.users] = torch.arange(len(trained.users))
-            path_row = row_of_user[users]
-            path_step = torch.from_numpy(step)
         for spec in model.specs_by_kind(ParamKind.PRIVATE_ROWS):
-            private[spec.name] = (trained.private_path[spec.name][path_step, path_row] if trained is not None
-                                  else params[spec.name][users]).unsqueeze(0)
+            private[spec.name] = (trained.private_path[spec.name][torch.from_numpy(step), row_of_user[users]]
+                                  if trained is not None else params[spec.name][users]).unsqueeze(0)
 
         def rows_for(item_rows: Callable[[str], Tensor]) -> dict[str, Tensor]:
             rows = dict(private)

@@ -50,7 +50,7 @@ def hidden_chunks(model: RecModel, params: dict[str, Tensor], data: ClientData, 
                   local: LocalTraining, seed: int, round_index: int) -> Iterator[tuple[np.ndarray, CohortUpdate, RowWeighting]]:
     """(cohort positions, their upload as hidden by ``hiding``, its weighting), chunk by chunk of clients."""
     num_items = num_catalogue_items(model)
-    virtual = hiding.mode == "pseudo" and hiding.pseudo_values == "virtual"
+    virtual = hiding.needs_private_path  # virtual fake rows read the recorded private rows
     for positions in client_chunks(update, num_items, hiding):
         part = select_clients(update, positions)
         fakes = (virtual_example_values(model, params, data, cohort[positions], local, seed,

@@ -374,11 +374,10 @@ class _Run:
         self.trained_private = {spec.name: self.params[spec.name].detach().clone()
                                 for spec in self.exp.model.specs_by_kind(ParamKind.PRIVATE_ROWS)}
         refitted = refit_private_rows(self.exp.model, self.detached(), self.exp.clients, train.refit_private_epochs,
-                                      train.refit_private_lr or train.private_lr or train.local_lr, train.batch_size,
-                                      train.seed)
+                                      train.refit_lr, train.batch_size, train.seed)
         with torch.no_grad():
-            for name, value in refitted.items():
-                self.params[name].copy_(value)
+            for name in self.trained_private:  # only the private rows changed
+                self.params[name].copy_(refitted[name])
         self.bytes_down += download_bytes(self.exp.model, int(self.eligible.sum()))  # the final model, to every client
         self.seconds += time.perf_counter() - began
         self.save()
