@@ -329,8 +329,10 @@ def test_loopback_deployment_equals_the_simulator_then_survives_a_killed_superno
 
 
 @pytest.mark.slow
-def test_a_deployment_whose_nodes_fail_at_start_stops_clearly_and_leaves_no_process(tmp_path):
+def test_a_deployment_whose_nodes_fail_at_start_stops_clearly_and_leaves_no_process(tmp_path, monkeypatch):
     from fedrec.flower.deploy import deploy
+
+    monkeypatch.delenv("FEDREC_DATA", raising=False)  # the lookup would fall back to it and find the data
 
     config = load_config(None, ["data.name='ml-100k'", f"data.data_dir={str(tmp_path / 'nowhere')!r}",
                                 "train.rounds=1"])
