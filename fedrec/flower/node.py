@@ -119,6 +119,13 @@ def private_rows(view: NodeView, state: RecordDict) -> dict[str, Tensor]:
     return {spec.name: initial[spec.name][users].clone() for spec in view.model.specs_by_kind(ParamKind.PRIVATE_ROWS)}
 
 
+def store_private_rows(view: NodeView, state: RecordDict, params: dict[str, Tensor]) -> None:
+    """Keep this node's users' private rows of full-shape ``params`` in the node state (read by :func:`private_rows`)."""
+    users = torch.from_numpy(view.users)
+    state.array_records[PRIVATE] = tensors_to_record(
+        {spec.name: params[spec.name][users] for spec in view.model.specs_by_kind(ParamKind.PRIVATE_ROWS)})
+
+
 def full_params(view: NodeView, shared: dict[str, Tensor], private: dict[str, Tensor]) -> dict[str, Tensor]:
     """Model parameters with full shapes: the server's shared tensors and this node's private rows
     (other users' rows are zero and never read)."""
@@ -156,9 +163,7 @@ def handle_train(view: NodeView, state: RecordDict, content: RecordDict) -> Reco
     with seeded_torch(view.config.train.seed, round_index):
         result = train(view.model, params, view.data, np.sort(cohort), local_training(view.config), view.config.train.seed,
                        round_index)
-    trained = write_private_rows(params, result)
-    users = torch.from_numpy(view.users)
-    state.array_records[PRIVATE] = tensors_to_record({name: trained[name][users] for name in private})
+    store_private_rows(view, state, write_private_rows(params, result))
     reply = ConfigRecord({"round": round_index, "loss_sum": float(result.loss_sum), "steps": int(result.steps),
                           "clients": len(cohort)})
     if task.get("secure", False):  # secure aggregation: the upload leaves only masked, in the protocol's rounds
@@ -209,9 +214,7 @@ def handle_evaluate(view: NodeView, state: RecordDict, content: RecordDict) -> R
         before = node_metrics(view, params, prefix="before_refit_")
         params = refit_private_rows(view.model, params, view.data, train.refit_private_epochs, train.refit_lr,
                                     train.batch_size, train.seed)
-        users = torch.from_numpy(view.users)
-        state.array_records[PRIVATE] = tensors_to_record(
-            {spec.name: params[spec.name][users] for spec in view.model.specs_by_kind(ParamKind.PRIVATE_ROWS)})
+        store_private_rows(view, state, params)
         metrics = {**before, **node_metrics(view, params)}
     else:
         metrics = node_metrics(view, params)
@@ -246,8 +249,8 @@ def combine_metrics(parts: list[dict[str, float]], ranking: bool) -> dict[str, f
             out[key] = sum(v * w for v, w in weighted) / total if total else math.nan
         out["evaluated_users"] = total
         return out
-    for prefix, count_key in (("val_", "val_count"), ("", "count"), ("before_refit_val_", "val_count"),
-                              ("before_refit_", "count")):
+    for prefix, count_key in ((stage + part, count) for stage in ("", "before_refit_")
+                              for part, count in (("val_", "val_count"), ("", "count"))):
         weighted = [(p, int(p.get(count_key, 0))) for p in parts if p.get(count_key, 0)]
         total = sum(w for _, w in weighted)
         if not total or f"{prefix}rmse" not in weighted[0][0]:
