@@ -10,6 +10,7 @@ from fedrec.data.synthetic import make_synthetic
 from fedrec.errors import FedrecError
 from fedrec.federated.cohort import ClientData
 from fedrec.federated.local import LocalTraining
+from fedrec.federated.server import BACKENDS
 from fedrec.federated.server_opt import ServerOptimizer
 from fedrec.models.base import ExampleBatch, ParamKind, gather_rows, score_items_in_chunks
 from fedrec.models.registry import COLD_START_MODELS, IMPLICIT_MODELS, TEXT_MODELS, build_model
@@ -133,3 +134,33 @@ def test_vectorized_equals_reference_text_models(name, options):
         torch.testing.assert_close(vec.params[key], ref.params[key], atol=1e-5, rtol=0)
     assert torch.equal(vec.params["item_text"], text)
     assert not torch.equal(vec.params["adapter_w"], model.init_params(torch.Generator().manual_seed(5))["adapter_w"])
+
+
+@pytest.mark.parametrize("backend", ["vectorized", "reference"])
+def test_frozen_text_rows_are_never_uploaded_noised_or_given_server_state(backend):
+    """item_text is trainable=False: no deltas, no upload bytes, no DP noise, no server Adam state."""
+    from fedrec.federated.server import FedAvgSettings, ServerState, run_round, upload_bytes
+    from fedrec.privacy.dp import CentralDP
+
+    dataset = make_synthetic(num_users=30, num_items=20, mean_interactions=8, seed=4)
+    data = ClientData.from_interactions(dataset.interactions, np.arange(30), 30, num_items=20)
+    text = _text(20, seed=1)
+    model = build_model("text_bpr", dict(dim=4, negatives=2), 30, 20, item_text=text)
+    assert [s.name for s in model.param_specs() if not s.is_uploaded and s.is_shared] == ["item_text"]
+    assert "item_text" in model.shared_names() and "item_text" not in model.uploaded_names()
+    local = LocalTraining(epochs=1, lr=0.1, batch_size=4)
+    result = BACKENDS[backend](model, model.init_params(torch.Generator().manual_seed(0)), data, np.arange(30), local, 1, 0)
+    assert set(result.update.row_deltas) == {"item_vec", "item_bias"}
+    rows = int(result.update.row_items.shape[0])
+    # per touched row: int32 index + item_vec (4 floats) + item_bias (1 float); dense: adapter_w (5x4) + adapter_b (4)
+    assert upload_bytes(model, result.update) == rows * (4 + 4 * 5) + 30 * 4 * (TEXT_DIM * 4 + 4)
+
+    dp = CentralDP(noise_multiplier=5.0, clip_norm=0.5, expected_clients=30.0)
+    settings = FedAvgSettings(backend=backend, local=local, server=ServerOptimizer("adam", lr=0.05), privacy=dp)
+    state = ServerState(0, model.init_params(torch.Generator().manual_seed(0)))
+    for _ in range(2):
+        state, stats = run_round(model, state, data, settings, seed=3)
+    assert torch.equal(state.params["item_text"], text)  # heavy noise reached every other shared tensor
+    assert not torch.equal(state.params["item_vec"], torch.zeros(20, 4))
+    assert not any(key.startswith("item_text") for key in state.optimizer_state)
+    assert stats.bytes_up > 0

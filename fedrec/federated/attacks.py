@@ -159,8 +159,16 @@ def approximate_users(model: RecModel, params: dict[str, Tensor], public: Intera
 
 
 def _target_leaves(model: RecModel, params: dict[str, Tensor], targets: Tensor) -> dict[str, Tensor]:
-    return {spec.name: params[spec.name][targets].clone().requires_grad_()
+    """The target items' rows of every item table; the trainable ones (what a client uploads) require grad."""
+    return {spec.name: params[spec.name][targets].clone().requires_grad_(spec.trainable)
             for spec in model.specs_by_kind(ParamKind.SHARED_ROWS)}
+
+
+def _descent(loss: Tensor, leaves: dict[str, Tensor]) -> dict[str, Tensor]:
+    """-grad of the loss for each leaf that requires grad (the uploadable target rows)."""
+    names = [name for name, leaf in leaves.items() if leaf.requires_grad]
+    grads = torch.autograd.grad(loss, [leaves[name] for name in names])
+    return {name: -grad for name, grad in zip(names, grads)}
 
 
 def _scores_of_targets(model: RecModel, params: dict[str, Tensor], private: dict[str, Tensor],
@@ -189,21 +197,18 @@ def fedrec_attack_direction(model: RecModel, params: dict[str, Tensor], targets:
         threshold = scores.topk(min(settings.top_k, scores.shape[1]), dim=1).values[:, -1:]  # (U, 1)
     leaves = _target_leaves(model, params, targets)
     target_scores = _scores_of_targets(model, params, private, leaves, len(users))
-    loss = F.softplus(threshold - target_scores).mean()
-    grads = torch.autograd.grad(loss, list(leaves.values()))
-    return {name: -grad for name, grad in zip(leaves, grads)}
+    return _descent(F.softplus(threshold - target_scores).mean(), leaves)
 
 
 def pip_attack_direction(model: RecModel, params: dict[str, Tensor], targets: Tensor, popular: Tensor,
                          fake_users: Tensor, settings: AttackSettings) -> dict[str, Tensor]:
     """PipAttack-style step for the target rows: towards the popular items' mean row, plus promotion for the fake users."""
     leaves = _target_leaves(model, params, targets)
-    mimic = sum(((leaf - params[name][popular].mean(0, keepdim=True)) ** 2).sum() for name, leaf in leaves.items())
+    mimic = sum(((leaf - params[name][popular].mean(0, keepdim=True)) ** 2).sum()
+                for name, leaf in leaves.items() if leaf.requires_grad)
     private = {spec.name: params[spec.name][fake_users] for spec in model.specs_by_kind(ParamKind.PRIVATE_ROWS)}
     promotion = _scores_of_targets(model, params, private, leaves, len(fake_users)).mean()
-    loss = mimic / max(len(targets), 1) - settings.promotion_weight * promotion
-    grads = torch.autograd.grad(loss, list(leaves.values()))
-    return {name: -grad for name, grad in zip(leaves, grads)}
+    return _descent(mimic / max(len(targets), 1) - settings.promotion_weight * promotion, leaves)
 
 
 client_norms = update_norms  # L2 norm of each client's whole upload: (C,)

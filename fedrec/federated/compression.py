@@ -84,8 +84,8 @@ class UploadLayout:
 
     @staticmethod
     def of(model: RecModel) -> UploadLayout:
-        rows = model.specs_by_kind(ParamKind.SHARED_ROWS)
-        dense = model.specs_by_kind(ParamKind.SHARED_DENSE)
+        rows = model.uploaded_specs(ParamKind.SHARED_ROWS)
+        dense = model.uploaded_specs(ParamKind.SHARED_DENSE)
         return UploadLayout(tuple(s.name for s in rows), tuple(tuple(s.row_shape) for s in rows),
                             tuple(s.name for s in dense), tuple(tuple(s.shape) for s in dense),
                             max(s.shape[0] for s in rows))

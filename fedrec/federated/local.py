@@ -85,6 +85,6 @@ def proximal_step(model: RecModel, tables: dict[str, Tensor], start: dict[str, T
     rows = {ParamKind.SHARED_ROWS: torch.nonzero(torch.isin(row_clients, clients)).reshape(-1),
             ParamKind.SHARED_DENSE: clients}
     for spec in model.param_specs():
-        if spec.kind in rows:
+        if spec.kind in rows and spec.trainable:
             index = rows[spec.kind]
             tables[spec.name].index_add_(0, index, tables[spec.name][index] - start[spec.name][index], alpha=-step)

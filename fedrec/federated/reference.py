@@ -35,12 +35,14 @@ def train_client(model: RecModel, params: dict[str, Tensor], data: ClientData, c
     own_items, item_row = np.unique(np.stack(epoch_items), return_inverse=True)
     item_row = item_row.reshape(local.epochs, n, -1)  # (E, n, S)
     start = local_copies(model, params, own_users, own_items, 1)
-    local_params = {name: value.clone().requires_grad_() for name, value in start.items()}
+    trainable = {s.name for s in model.param_specs() if s.trainable}  # constant tables are read, never stepped
+    local_params = {name: value.clone().requires_grad_(name in trainable) for name, value in start.items()}
     private = {s.name for s in model.specs_by_kind(ParamKind.PRIVATE_ROWS)}
     optimizer = torch.optim.SGD(
-        [{"params": [value], "lr": local.lr_of(name in private)} for name, value in local_params.items()], lr=local.lr)
+        [{"params": [value], "lr": local.lr_of(name in private)} for name, value in local_params.items()
+         if name in trainable], lr=local.lr)
     user_row_t, item_row_t = torch.from_numpy(user_row), torch.from_numpy(item_row)
-    shared = [name for name in local_params if name not in private]
+    shared = model.uploaded_names()
 
     loss_sum, steps = 0.0, 0
     path: dict[str, list[Tensor]] = {name: [] for name in private} if record_path else {}
@@ -69,8 +71,8 @@ def train_client(model: RecModel, params: dict[str, Tensor], data: ClientData, c
 
     with torch.no_grad():
         deltas = {name: local_params[name].detach() - start[name] for name in start}
-    row_names = [s.name for s in model.specs_by_kind(ParamKind.SHARED_ROWS)]
-    dense_names = [s.name for s in model.specs_by_kind(ParamKind.SHARED_DENSE)]
+    row_names = [s.name for s in model.uploaded_specs(ParamKind.SHARED_ROWS)]
+    dense_names = [s.name for s in model.uploaded_specs(ParamKind.SHARED_DENSE)]
     private_names = [s.name for s in model.specs_by_kind(ParamKind.PRIVATE_ROWS)]
     update = CohortUpdate(
         row_items=torch.from_numpy(own_items),

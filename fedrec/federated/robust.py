@@ -130,10 +130,10 @@ def split_update(update: CohortUpdate) -> list[ClientUpload]:
 
 def shape_problem(upload: ClientUpload, specs: Sequence[ParamSpec]) -> str | None:
     """Why this upload does not fit the model's shared parameters, or None when it does."""
-    rows = {s.name: s for s in specs if s.kind is ParamKind.SHARED_ROWS}
-    dense = {s.name: s for s in specs if s.kind is ParamKind.SHARED_DENSE}
+    rows = {s.name: s for s in specs if s.kind is ParamKind.SHARED_ROWS and s.trainable}
+    dense = {s.name: s for s in specs if s.kind is ParamKind.SHARED_DENSE and s.trainable}
     if set(upload.row_deltas) != set(rows) or set(upload.dense_deltas) != set(dense):
-        return "tensor names differ from the model's shared parameters"
+        return "tensor names differ from the model's uploaded shared parameters"
     if upload.row_items.dim() != 1 or upload.row_counts.shape != upload.row_items.shape:
         return "row_items and row_counts must be 1-D and of equal length"
     if upload.row_items.is_floating_point() or upload.row_items.is_complex():
@@ -155,8 +155,8 @@ def _empty_update(specs: Sequence[ParamSpec]) -> CohortUpdate:
     return CohortUpdate(
         row_items=torch.zeros(0, dtype=torch.int64), row_clients=torch.zeros(0, dtype=torch.int64),
         row_counts=torch.zeros(0),
-        row_deltas={s.name: torch.zeros(0, *s.row_shape) for s in specs if s.kind is ParamKind.SHARED_ROWS},
-        dense_deltas={s.name: torch.zeros(0, *s.shape) for s in specs if s.kind is ParamKind.SHARED_DENSE},
+        row_deltas={s.name: torch.zeros(0, *s.row_shape) for s in specs if s.kind is ParamKind.SHARED_ROWS and s.trainable},
+        dense_deltas={s.name: torch.zeros(0, *s.shape) for s in specs if s.kind is ParamKind.SHARED_DENSE and s.trainable},
         client_sizes=torch.zeros(0),
     )
 

@@ -101,9 +101,9 @@ def upload_bytes(model: RecModel, update: CohortUpdate) -> int:
     """Bytes the cohort sends: each touched item's rows with one index, and every dense tensor."""
     rows = int(update.row_items.shape[0])
     total = rows * INDEX_BYTES
-    for spec in model.specs_by_kind(ParamKind.SHARED_ROWS):
+    for spec in model.uploaded_specs(ParamKind.SHARED_ROWS):
         total += parameter_bytes(spec, rows=rows)
-    for spec in model.specs_by_kind(ParamKind.SHARED_DENSE):
+    for spec in model.uploaded_specs(ParamKind.SHARED_DENSE):
         total += parameter_bytes(spec) * update.num_clients
     return total
 
@@ -128,10 +128,10 @@ def write_private_rows(params: dict[str, Tensor], result: CohortResult, in_place
 
 
 def shared_shapes(model: RecModel) -> SharedShapes:
-    """Full shapes of the model's shared row tables and dense tensors."""
+    """Full shapes of the shared row tables and dense tensors the clients upload (constant tables left out)."""
     return SharedShapes(
-        rows={spec.name: tuple(spec.shape) for spec in model.specs_by_kind(ParamKind.SHARED_ROWS)},
-        dense={spec.name: tuple(spec.shape) for spec in model.specs_by_kind(ParamKind.SHARED_DENSE)},
+        rows={spec.name: tuple(spec.shape) for spec in model.uploaded_specs(ParamKind.SHARED_ROWS)},
+        dense={spec.name: tuple(spec.shape) for spec in model.uploaded_specs(ParamKind.SHARED_DENSE)},
     )
 
 

@@ -70,6 +70,7 @@ def train_cohort_vectorized(model: RecModel, params: dict[str, Tensor], data: Cl
         schedule.weight.astype(np.float32))
     layout_target = torch.from_numpy(data.targets[data_index][padded_copy])
     specs = model.param_specs()
+    trained = [spec for spec in specs if spec.trainable]  # constant tables are read, never stepped
     row_lr = {spec.name: local.lr_of(spec.kind is ParamKind.PRIVATE_ROWS) for spec in specs}
     row_clients_t = torch.from_numpy(row_clients)
 
@@ -94,29 +95,28 @@ def train_cohort_vectorized(model: RecModel, params: dict[str, Tensor], data: Cl
             ParamKind.SHARED_DENSE: (g_hi - g_lo,),
         }
         # index_select on a flat index: several times faster than advanced indexing with (G, N) indices
-        leaves = [tables[spec.name].index_select(0, step_index[spec.kind]).view(*step_shape[spec.kind], *spec.row_shape)
-                  .requires_grad_() for spec in specs]
-        rows = dict(zip((spec.name for spec in specs), leaves))
+        rows = {spec.name: tables[spec.name].index_select(0, step_index[spec.kind])
+                .view(*step_shape[spec.kind], *spec.row_shape).requires_grad_(spec.trainable) for spec in specs}
         step_weights = layout_weight[g_lo:g_hi, :n]  # padding contributes nothing
         loss = (model.example_loss(rows, ExampleBatch(layout_target[g_lo:g_hi, :n])) * step_weights).sum()
-        grads = torch.autograd.grad(loss, leaves)
+        grads = torch.autograd.grad(loss, [rows[spec.name] for spec in trained])
         with torch.no_grad():
             if local.prox_mu:  # FedProx: the stepping clients' shared copies move towards the global model too
                 proximal_step(model, tables, start, step_index[ParamKind.SHARED_DENSE], row_clients_t, local.lr * local.prox_mu)
-            for spec, grad in zip(specs, grads):
+            for spec, grad in zip(trained, grads):
                 # scaling first and adding without alpha is faster than index_add_(alpha=-lr)
                 update = grad.reshape(-1, *spec.row_shape) * -row_lr[spec.name]
                 tables[spec.name].index_add_(0, step_index[spec.kind], update)
         loss_sum += float(loss.detach())
 
     # The shared tables become their deltas in place (no new (R, d) allocation); private rows keep their new values.
-    deltas = {name: tables[name].sub_(start[name]) for name in model.shared_names()}
+    deltas = {name: tables[name].sub_(start[name]) for name in model.uploaded_names()}
     update = CohortUpdate(
         row_items=torch.from_numpy(row_items),
         row_clients=torch.from_numpy(row_clients),
         row_counts=torch.from_numpy(np.bincount(item_row.reshape(-1), minlength=len(row_keys)).astype(np.float32)),
-        row_deltas={s.name: deltas[s.name] for s in model.specs_by_kind(ParamKind.SHARED_ROWS)},
-        dense_deltas={s.name: deltas[s.name] for s in model.specs_by_kind(ParamKind.SHARED_DENSE)},
+        row_deltas={s.name: deltas[s.name] for s in model.uploaded_specs(ParamKind.SHARED_ROWS)},
+        dense_deltas={s.name: deltas[s.name] for s in model.uploaded_specs(ParamKind.SHARED_DENSE)},
         client_sizes=torch.from_numpy(examples.client_sizes.astype(np.float32)),
     )
     private_rows = {name: tables[name] for name in private_names}

@@ -7,6 +7,9 @@ A model is a set of named tensors plus pure functions over *gathered* rows:
   touches; the server aggregates their deltas row by row.
 - ``SHARED_DENSE`` tensors (global bias, network layers) are trained by every client and averaged.
 
+A spec with ``trainable=False`` is a constant the model reads (gathered as its kind says, e.g. the
+items' text embeddings): no runtime trains it, no client uploads it, the server never changes it.
+
 Every runtime (reference loop, vectorised cohort, centralised trainer) gathers the rows each
 example needs and calls the same :meth:`RecModel.example_loss`, so all of them compute the same
 function. Aggregation, communication accounting and privacy read :meth:`RecModel.param_specs`;
@@ -38,6 +41,7 @@ class ParamSpec:
     name: str
     kind: ParamKind
     shape: tuple[int, ...]
+    trainable: bool = True  # False: a constant table, read but never trained, uploaded or aggregated
 
     @property
     def row_shape(self) -> tuple[int, ...]:
@@ -47,6 +51,11 @@ class ParamSpec:
     @property
     def is_shared(self) -> bool:
         return self.kind is not ParamKind.PRIVATE_ROWS
+
+    @property
+    def is_uploaded(self) -> bool:
+        """Trained by the clients and sent to the server: shared and trainable."""
+        return self.is_shared and self.trainable
 
 
 @dataclass(frozen=True)
@@ -93,8 +102,17 @@ class RecModel(abc.ABC):
     def specs_by_kind(self, kind: ParamKind) -> list[ParamSpec]:
         return [spec for spec in self.param_specs() if spec.kind is kind]
 
+    def uploaded_specs(self, kind: ParamKind) -> list[ParamSpec]:
+        """The specs of a shared kind that clients train and upload (constant tables left out)."""
+        return [spec for spec in self.specs_by_kind(kind) if spec.trainable]
+
     def shared_names(self) -> list[str]:
+        """Every tensor the server holds and sends to clients (constant tables included)."""
         return [spec.name for spec in self.param_specs() if spec.is_shared]
+
+    def uploaded_names(self) -> list[str]:
+        """Every tensor whose deltas clients upload."""
+        return [spec.name for spec in self.param_specs() if spec.is_uploaded]
 
 
 def parameter_bytes(spec: ParamSpec, rows: int | None = None, bytes_per_value: int = 4) -> int:

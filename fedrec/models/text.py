@@ -16,10 +16,10 @@ item bias (it would be an ID parameter). User vectors (and biases) are private. 
 rows an example uses, as in those models; the adapter is not penalised.
 
 The text embeddings are a constant held by the model. The model contract gathers per-item values
-only from ``SHARED_ROWS`` tables, so they sit in the parameters as the table ``item_text``, which
-the loss sees through a zero-gradient path: local training never changes it, every client's delta
-for it is exactly zero, and the server leaves it as it is. (The communication accounting counts
-it like any shared table, although a real client would compute or download it once.)
+from ``SHARED_ROWS`` tables, so they sit in the parameters as the table ``item_text``, declared
+``trainable=False``: every runtime gathers it but never steps it, clients upload nothing for it
+(no deltas, no bytes, no DP noise, no server optimiser state), and the server leaves it as it is.
+The loss also reads it through a zero-gradient path, so nothing can train it by accident.
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ class TextRec(RecModel):
         if self.config.item_ids:
             specs += [ParamSpec("item_vec", ParamKind.SHARED_ROWS, (n, d)),
                       ParamSpec("item_bias", ParamKind.SHARED_ROWS, (n, 1))]
-        specs.append(ParamSpec("item_text", ParamKind.SHARED_ROWS, (n, self.text_dim)))
+        specs.append(ParamSpec("item_text", ParamKind.SHARED_ROWS, (n, self.text_dim), trainable=False))
         specs += self._adapter_specs()
         if not self.ranking:
             specs.append(ParamSpec("global_bias", ParamKind.SHARED_DENSE, (1,)))

@@ -111,7 +111,7 @@ class RowSums:
 
     @staticmethod
     def zeros(model: RecModel) -> RowSums:
-        specs = model.specs_by_kind(ParamKind.SHARED_ROWS)
+        specs = model.uploaded_specs(ParamKind.SHARED_ROWS)
         return RowSums({s.name: torch.zeros(s.shape) for s in specs}, torch.zeros(num_catalogue_items(model)))
 
     def add(self, update: CohortUpdate, weighting: RowWeighting) -> None:

@@ -222,8 +222,9 @@ def virtual_example_values(model: RecModel, params: dict[str, Tensor], data: Cli
         real_items = torch.from_numpy(data.items[example])
         with torch.no_grad():  # the error the client makes on the real example drawn above
             real_error = model.predict(rows_for(lambda name: params[name][real_items]))[0, :, 0] - targets
-        leaves = {spec.name: params[spec.name][item_index].detach().clone().requires_grad_()
+        leaves = {spec.name: params[spec.name][item_index].detach().clone().requires_grad_(spec.trainable)
                   for spec in model.specs_by_kind(ParamKind.SHARED_ROWS)}
+        uploaded = [spec.name for spec in model.uploaded_specs(ParamKind.SHARED_ROWS)]
         rows = rows_for(lambda name: leaves[name])
         with torch.no_grad():  # virtual rating: the fake item's prediction minus that error
             virtual = model.predict(rows)[0, :, 0] - real_error
@@ -231,9 +232,9 @@ def virtual_example_values(model: RecModel, params: dict[str, Tensor], data: Cli
         batch_len = np.minimum(local.batch_size, sizes[owner] - (step % per_epoch) * local.batch_size)
         batch = torch.from_numpy(batch_len.astype(np.float32))
         loss = (model.example_loss(rows, ExampleBatch(virtual.unsqueeze(0)))[0] / batch).sum()
-        grads = torch.autograd.grad(loss, list(leaves.values()))
-        deltas = {name: leaf.detach().add(grad, alpha=-local.lr) - leaf.detach()
-                  for (name, leaf), grad in zip(leaves.items(), grads)}
+        grads = torch.autograd.grad(loss, [leaves[name] for name in uploaded])
+        deltas = {name: leaves[name].detach().add(grad, alpha=-local.lr) - leaves[name].detach()
+                  for name, grad in zip(uploaded, grads)}
         return deltas, torch.full((len(items),), float(local.epochs))
 
     return values
@@ -258,7 +259,7 @@ def apply_hiding(update: CohortUpdate, num_items: int, settings: HidingSettings,
 
 def dense_upload_bytes(model: RecModel, num_clients: int) -> int:
     """Bytes a cohort sends when every client uploads every shared row (no indices) and every dense tensor."""
-    return num_clients * sum(parameter_bytes(spec) for spec in model.param_specs() if spec.is_shared)
+    return num_clients * sum(parameter_bytes(spec) for spec in model.param_specs() if spec.is_uploaded)
 
 
 def hidden_upload_bytes(model: RecModel, update: CohortUpdate, mode: HidingMode) -> int:

@@ -247,9 +247,11 @@ class _Run:
         self.client_state: dict[str, Tensor] = {}  # the simulated clients' own state (compression residuals)
         self.central_optimizer: torch.optim.Optimizer | None = None
         if not self.federated:
-            for value in self.params.values():
-                value.requires_grad_(True)
-            self.central_optimizer = make_optimizer(self.params, self.central_settings())
+            trained = {spec.name for spec in exp.model.param_specs() if spec.trainable}  # constant tables stay out
+            for name, value in self.params.items():
+                value.requires_grad_(name in trained)
+            self.central_optimizer = make_optimizer({name: self.params[name] for name in self.params if name in trained},
+                                                    self.central_settings())
         self.round = 0
         self.seconds = 0.0
         self.bytes_up = 0
