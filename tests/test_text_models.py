@@ -164,3 +164,19 @@ def test_frozen_text_rows_are_never_uploaded_noised_or_given_server_state(backen
     assert not torch.equal(state.params["item_vec"], torch.zeros(20, 4))
     assert not any(key.startswith("item_text") for key in state.optimizer_state)
     assert stats.bytes_up > 0
+
+
+def test_centralised_training_steps_every_tensor_but_the_constant_text():
+    from fedrec.runtime.centralized import CentralSettings, make_optimizer, train_epoch, trained_leaves
+
+    dataset = make_synthetic(num_users=20, num_items=15, mean_interactions=6, seed=2)
+    data = ClientData.from_interactions(dataset.interactions, np.arange(20), 20, num_items=15)
+    text = _text(15, seed=4)
+    model = build_model("text_bpr", dict(dim=3, negatives=1), 20, 15, item_text=text)
+    params = model.init_params(torch.Generator().manual_seed(0))
+    start = {name: value.clone() for name, value in params.items()}
+    leaves = trained_leaves(model, params)
+    assert "item_text" not in leaves and not params["item_text"].requires_grad
+    train_epoch(model, params, make_optimizer(leaves, CentralSettings(lr=0.05, batch_size=16)), data, 16, 0, 0)
+    assert torch.equal(params["item_text"], text)
+    assert all(not torch.equal(params[name], start[name]) for name in ("user_vec", "item_vec", "adapter_w"))

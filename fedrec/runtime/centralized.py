@@ -24,6 +24,15 @@ class CentralSettings:
     batch_size: int = 256
 
 
+def trained_leaves(model: RecModel, params: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Make ``params`` leaves that require grad exactly when trainable; returns the trainable ones
+    (what the optimiser steps; constant tables such as ``item_text`` are read, never stepped)."""
+    trainable = {spec.name for spec in model.param_specs() if spec.trainable}
+    for name, value in params.items():
+        value.requires_grad_(name in trainable)
+    return {name: value for name, value in params.items() if name in trainable}
+
+
 def make_optimizer(params: dict[str, Tensor], settings: CentralSettings) -> torch.optim.Optimizer:
     tensors = list(params.values())
     if settings.optimizer == "adam":

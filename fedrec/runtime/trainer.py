@@ -35,7 +35,7 @@ from fedrec.federated.personalize import finetune, refit_private_rows
 from fedrec.federated.robust import DefenceSettings, RobustSettings, ValidationSettings
 from fedrec.federated.server import FedAvgSettings, ServerState, download_bytes, run_round
 from fedrec.federated.server_opt import ServerOptimizer
-from fedrec.runtime.centralized import CentralSettings, make_optimizer, train_epoch
+from fedrec.runtime.centralized import CentralSettings, make_optimizer, train_epoch, trained_leaves
 from fedrec.runtime.checkpoint import (CHECKPOINT_NAME, atomic_write_text, check_resumable, finished_history,
                                        load_checkpoint, save_checkpoint)
 from fedrec.runtime.experiment import Experiment, prepare
@@ -247,11 +247,7 @@ class _Run:
         self.client_state: dict[str, Tensor] = {}  # the simulated clients' own state (compression residuals)
         self.central_optimizer: torch.optim.Optimizer | None = None
         if not self.federated:
-            trained = {spec.name for spec in exp.model.param_specs() if spec.trainable}  # constant tables stay out
-            for name, value in self.params.items():
-                value.requires_grad_(name in trained)
-            self.central_optimizer = make_optimizer({name: self.params[name] for name in self.params if name in trained},
-                                                    self.central_settings())
+            self.central_optimizer = make_optimizer(trained_leaves(exp.model, self.params), self.central_settings())
         self.round = 0
         self.seconds = 0.0
         self.bytes_up = 0
