@@ -22,7 +22,7 @@ def bench():
 
 def _metrics(hr: float, ndcg: float, val_hr: float = 0.2, val_ndcg: float = 0.1) -> dict[str, float]:
     return {"hr@10": hr, "ndcg@10": ndcg, "val_hr@10": val_hr, "val_ndcg@10": val_ndcg, "sampled_hr@10": 0.5,
-            "sampled_ndcg@10": 0.3, "popularity_hr@10": 0.05, "round_seconds": 1.0}
+            "sampled_ndcg@10": 0.3, "popularity_hr@10": 0.05, "coverage@10": 0.4, "round_seconds": 1.0}
 
 
 def test_ratio_of_means_and_per_seed_range_hand_computed(bench):
@@ -32,12 +32,12 @@ def test_ratio_of_means_and_per_seed_range_hand_computed(bench):
     fed = [c.strip() for c in rows[2].split("|")[1:-1]]
     central = [c.strip() for c in rows[3].split("|")[1:-1]]
     assert len(fed) == len(central) == len(rows[0].split("|")) - 2 == len(rows[1].split("|")) - 2
-    assert fed[:4] == ["p", "fedavg", "0.0900", "0.0450"]
+    assert fed[:4] == ["p", "fedavg", "0.0900", "0.0450"] and fed[9] == "0.4000"  # coverage@10, a mean like the rest
     # ratio of the means: HR 0.09 / 0.09, NDCG 0.045 / 0.045, val HR 0.2 / 0.2, val NDCG 0.1 / 0.1
-    assert fed[9:13] == ["1.000", "1.000", "1.000", "1.000"]
+    assert fed[10:14] == ["1.000", "1.000", "1.000", "1.000"]
     # per-seed HR ratios 0.8 and 1.25; NDCG ratios 1.0 and 1.0
-    assert fed[13:15] == ["0.800..1.250", "1.000..1.000"]
-    assert central[9:15] == [""] * 6
+    assert fed[14:16] == ["0.800..1.250", "1.000..1.000"]
+    assert central[10:16] == [""] * 6
     assert per_seed == ["p: seed 0 fed 0.0800 / 0.0400, central 0.1000 / 0.0400; "
                         "seed 1 fed 0.1000 / 0.0500, central 0.0800 / 0.0500"]
 
@@ -45,4 +45,4 @@ def test_ratio_of_means_and_per_seed_range_hand_computed(bench):
 def test_one_seed_shows_the_single_ratio(bench):
     results = {("p", "fedavg"): [_metrics(0.09, 0.045)], ("p", "central"): [_metrics(0.10, 0.05)]}
     fed = [c.strip() for c in bench.summarise(results, ["p"])[0][2].split("|")[1:-1]]
-    assert fed[9:11] == ["0.900", "0.900"] and fed[13:15] == ["0.900", "0.900"]
+    assert fed[10:12] == ["0.900", "0.900"] and fed[14:16] == ["0.900", "0.900"]
