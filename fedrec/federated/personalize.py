@@ -96,6 +96,8 @@ def personal_rows(model: RecModel, params: dict[str, Tensor], personal: Personal
             rows[spec.name] = value[users].unsqueeze(1)  # (B, 1, *row)
         elif spec.kind is ParamKind.SHARED_ROWS:
             rows[spec.name] = value[items].unsqueeze(1)  # (B, 1, S, *row)
+        elif not spec.trainable:  # a constant tensor: nobody fine-tunes it
+            rows[spec.name] = value.unsqueeze(0).expand(len(users), *spec.shape)
         else:  # the client's own fine-tuned copy, or the global one
             own = value + result.update.dense_deltas[spec.name][positions.clamp_min(0)]  # (B, *shape)
             mask = tuned.reshape(-1, *[1] * len(spec.shape))
