@@ -279,3 +279,16 @@ def test_extending_a_refitted_run_equals_a_longer_run(tmp_path):
 def test_refit_needs_federated_training():
     with pytest.raises(FedrecError, match="refit_private_epochs"):
         config("centralized", 2, *REFIT)
+
+
+def test_optimiser_state_for_other_tensors_is_a_one_line_error(tmp_path):
+    """A centralised checkpoint whose optimiser covered more tensors (e.g. saved before constant tables left it)."""
+    out = tmp_path / "run"
+    train(config("centralized", 2), out)
+    tensors, meta = checkpoint(out)
+    groups = meta["optim_groups"]
+    groups[0]["params"] = [*groups[0]["params"], max(groups[0]["params"]) + 1]
+    save_file(tensors, str(out / CHECKPOINT_NAME), metadata={"fedrec": json.dumps(meta)})
+    with pytest.raises(FedrecError) as info:
+        train(config("centralized", 4), out, resume=True)
+    assert "\n" not in str(info.value) and "without --resume" in str(info.value)

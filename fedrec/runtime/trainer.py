@@ -304,7 +304,11 @@ class _Run:
                 if key.startswith("optim/"):
                     _, index, field = key.split("/")
                     state.setdefault(int(index), {})[field] = value.reshape(()) if field == "step" else value
-            self.central_optimizer.load_state_dict({"state": state, "param_groups": meta["optim_groups"]})
+            try:
+                self.central_optimizer.load_state_dict({"state": state, "param_groups": meta["optim_groups"]})
+            except ValueError:  # e.g. saved before constant tables (item_text) left the optimiser
+                raise FedrecError(f"the optimiser state in {self.out_dir} does not match this model's trainable "
+                                  "tensors (saved by an older fedrec?); start the run again without --resume") from None
         self.round, self.seconds = int(meta["round"]), float(meta["seconds"])
         self.bytes_up, self.bytes_down = int(meta["bytes_up"]), int(meta["bytes_down"])
         self.history = finished_history(self.out_dir / "history.jsonl", self.round)
