@@ -180,3 +180,62 @@ def test_centralised_training_steps_every_tensor_but_the_constant_text():
     train_epoch(model, params, make_optimizer(leaves, CentralSettings(lr=0.05, batch_size=16)), data, 16, 0, 0)
     assert torch.equal(params["item_text"], text)
     assert all(not torch.equal(params[name], start[name]) for name in ("user_vec", "item_vec", "adapter_w"))
+
+
+def _tower_setup():
+    dataset = make_synthetic(num_users=24, num_items=18, mean_interactions=6, seed=6)
+    data = ClientData.from_interactions(dataset.interactions, np.arange(24), 24, num_items=18)
+    return build_model("tower_bpr", dict(dim=4, negatives=2), 24, 18, item_text=_text(18, seed=3)), data
+
+
+def _tower_settings(**kwargs):
+    from fedrec.federated.server import FedAvgSettings
+
+    return FedAvgSettings(local=LocalTraining(epochs=1, lr=0.1, batch_size=4), server=ServerOptimizer("adam", lr=0.05),
+                          **kwargs)
+
+
+def _secure():
+    from fedrec.privacy.cohort_sum import SecureAggregation
+    from fedrec.privacy.secagg import SecAggSettings
+
+    return SecureAggregation(SecAggSettings())
+
+
+@pytest.mark.parametrize("option", ["plain", "reference", "compression", "central_dp", "local_dp", "secure", "pseudo"])
+def test_a_text_tower_uploads_no_item_rows_under_every_upload_option(option):
+    """The tower's only item table is the constant text: its uploads carry no item rows or indices, and every
+    upload path (compression, DP, secure aggregation, item hiding) runs on the adapter alone."""
+    from fedrec.federated.compression import Compression
+    from fedrec.federated.server import ServerState, full_upload_bytes, run_round
+    from fedrec.models.base import parameter_bytes
+    from fedrec.privacy.dp import CentralDP
+    from fedrec.privacy.hiding_settings import HidingSettings
+    from fedrec.privacy.ldp import LocalDP
+
+    model, data = _tower_setup()
+    options = {"plain": {}, "reference": dict(backend="reference"), "compression": dict(compression=Compression(bits=8)),
+               "central_dp": dict(privacy=CentralDP(noise_multiplier=1.0, clip_norm=0.5, expected_clients=24.0)),
+               "local_dp": dict(privacy=LocalDP(4.0, 1e-5, clip_norm=0.5)), "secure": dict(secure_aggregation=_secure()),
+               "pseudo": dict(hiding=HidingSettings("pseudo", pseudo_items=3, pseudo_values="bootstrap"),
+                             secure_aggregation=_secure())}
+    settings = _tower_settings(**options[option])
+    start = model.init_params(torch.Generator().manual_seed(0))
+    result = BACKENDS[settings.backend](model, start, data, np.arange(24), settings.local, 1, 0)
+    assert result.update.row_items.numel() == 0 and result.update.row_deltas == {}
+    state, stats = run_round(model, ServerState(0, start), data, settings, seed=2)
+    assert torch.equal(state.params["item_text"], start["item_text"])
+    assert not torch.equal(state.params["adapter_w"], start["adapter_w"])
+    adapter = sum(parameter_bytes(s) for s in model.param_specs() if s.is_uploaded)
+    assert full_upload_bytes(model, 24) == 24 * adapter
+    if option in ("plain", "reference", "central_dp", "local_dp"):
+        assert stats.bytes_up == 24 * adapter  # the adapter in full, no item rows and no indices
+
+
+def test_attacks_on_a_text_tower_have_no_item_rows_to_craft():
+    from fedrec.federated.attacks import AttackSettings, pip_attack_direction
+
+    model, _ = _tower_setup()
+    params = model.init_params(torch.Generator().manual_seed(0))
+    assert pip_attack_direction(model, params, torch.tensor([1, 2]), torch.tensor([3]), torch.tensor([0]),
+                                AttackSettings(method="pip_attack")) == {}

@@ -167,6 +167,8 @@ def _target_leaves(model: RecModel, params: dict[str, Tensor], targets: Tensor) 
 def _descent(loss: Tensor, leaves: dict[str, Tensor]) -> dict[str, Tensor]:
     """-grad of the loss for each leaf that requires grad (the uploadable target rows)."""
     names = [name for name, leaf in leaves.items() if leaf.requires_grad]
+    if not names:  # no uploadable item table (text tower): nothing to craft on the target rows
+        return {}
     grads = torch.autograd.grad(loss, [leaves[name] for name in names])
     return {name: -grad for name, grad in zip(names, grads)}
 

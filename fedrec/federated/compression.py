@@ -42,7 +42,7 @@ from fedrec.errors import FedrecError
 from fedrec.federated import rng
 from fedrec.federated.aggregation import CohortUpdate
 from fedrec.federated.participation import Participation, decide_arrivals
-from fedrec.models.base import ParamKind, RecModel
+from fedrec.models.base import ParamKind, RecModel, num_catalogue_items
 
 STREAM_ROUNDING = 11  # rng stream of the stochastic rounding draws
 QMAX = 127  # int8 levels used: -127..127 (symmetric, so zero is exact)
@@ -88,7 +88,7 @@ class UploadLayout:
         dense = model.uploaded_specs(ParamKind.SHARED_DENSE)
         return UploadLayout(tuple(s.name for s in rows), tuple(tuple(s.row_shape) for s in rows),
                             tuple(s.name for s in dense), tuple(tuple(s.shape) for s in dense),
-                            max(s.shape[0] for s in rows))
+                            num_catalogue_items(model))
 
     @property
     def row_widths(self) -> list[int]:

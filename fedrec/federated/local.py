@@ -66,6 +66,12 @@ def local_copies(model: RecModel, params: dict[str, Tensor], users: np.ndarray, 
     return start
 
 
+def uploaded_rows(model: RecModel, rows: int) -> slice:
+    """Which of a cohort's ``rows`` touched item rows it uploads: all of them, or none when the model
+    uploads no item table (a text tower's only item table is its constant text)."""
+    return slice(None) if model.uploaded_specs(ParamKind.SHARED_ROWS) else slice(0, 0)
+
+
 def proximal_term(local: dict[str, Tensor], start: dict[str, Tensor], shared_names: list[str], mu: float) -> Tensor:
     """FedProx's mu/2 * sum ||local - start||^2 over the shared tensors (a scalar to add to a loss)."""
     total = torch.zeros(())

@@ -11,7 +11,7 @@ import torch
 
 from fedrec.federated.aggregation import CohortUpdate
 from fedrec.federated.cohort import ClientData, shuffle_keys, slot_items
-from fedrec.federated.local import CohortResult, LocalTraining, local_copies, pad_path, proximal_term
+from fedrec.federated.local import CohortResult, LocalTraining, local_copies, pad_path, proximal_term, uploaded_rows
 from fedrec.models.base import ExampleBatch, ParamKind, RecModel
 from torch import Tensor
 
@@ -72,12 +72,13 @@ def train_client(model: RecModel, params: dict[str, Tensor], data: ClientData, c
     with torch.no_grad():
         deltas = {name: local_params[name].detach() - start[name] for name in start}
     row_names = [s.name for s in model.uploaded_specs(ParamKind.SHARED_ROWS)]
+    sent = uploaded_rows(model, len(own_items))  # no uploaded item table (text tower): no rows, no item indices
     dense_names = [s.name for s in model.uploaded_specs(ParamKind.SHARED_DENSE)]
     private_names = [s.name for s in model.specs_by_kind(ParamKind.PRIVATE_ROWS)]
     update = CohortUpdate(
-        row_items=torch.from_numpy(own_items),
-        row_clients=torch.zeros(len(own_items), dtype=torch.int64),
-        row_counts=torch.from_numpy(np.bincount(item_row.reshape(-1), minlength=len(own_items)).astype(np.float32)),
+        row_items=torch.from_numpy(own_items[sent]),
+        row_clients=torch.zeros(len(own_items), dtype=torch.int64)[sent],
+        row_counts=torch.from_numpy(np.bincount(item_row.reshape(-1), minlength=len(own_items)).astype(np.float32)[sent]),
         row_deltas={name: deltas[name] for name in row_names},
         dense_deltas={name: deltas[name] for name in dense_names},
         client_sizes=torch.tensor([float(n)]),

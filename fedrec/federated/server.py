@@ -114,6 +114,11 @@ def download_bytes(model: RecModel, num_clients: int) -> int:
     return num_clients * sum(parameter_bytes(spec) for spec in model.param_specs() if spec.is_shared)
 
 
+def full_upload_bytes(model: RecModel, num_clients: int) -> int:
+    """Bytes a cohort sends when every client uploads every trained shared tensor in full (no indices)."""
+    return num_clients * sum(parameter_bytes(spec) for spec in model.param_specs() if spec.is_uploaded)
+
+
 def write_private_rows(params: dict[str, Tensor], result: CohortResult, in_place: bool = False) -> dict[str, Tensor]:
     """Parameters with the clients' freshly trained private rows in place.
 
@@ -265,7 +270,7 @@ def run_round(model: RecModel, state: ServerState, data: ClientData, settings: F
         examples=int(data.sizes[cohort].sum()),
         train_loss=result.loss_sum / max(result.steps, 1) if result is not None else 0.0,
         bytes_up=(upload.bytes_up if upload is not None else sent_bytes if sent_bytes is not None
-                  else download_bytes(model, len(cohort)) if dense_upload else upload_bytes(model, update)),
+                  else full_upload_bytes(model, len(cohort)) if dense_upload else upload_bytes(model, update)),
         bytes_down=download_bytes(model, len(cohort)),
         seconds=time.perf_counter() - began,
         rejected=rejected,

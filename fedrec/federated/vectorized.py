@@ -18,7 +18,7 @@ from torch import Tensor
 
 from fedrec.federated.aggregation import CohortUpdate
 from fedrec.federated.cohort import ClientData, cohort_examples, local_schedule, slot_items
-from fedrec.federated.local import CohortResult, LocalTraining, local_copies, proximal_step
+from fedrec.federated.local import CohortResult, LocalTraining, local_copies, proximal_step, uploaded_rows
 from fedrec.models.base import ExampleBatch, ParamKind, RecModel
 
 
@@ -111,10 +111,12 @@ def train_cohort_vectorized(model: RecModel, params: dict[str, Tensor], data: Cl
 
     # The shared tables become their deltas in place (no new (R, d) allocation); private rows keep their new values.
     deltas = {name: tables[name].sub_(start[name]) for name in model.uploaded_names()}
+    row_counts = np.bincount(item_row.reshape(-1), minlength=len(row_keys)).astype(np.float32)
+    sent = uploaded_rows(model, len(row_keys))  # no uploaded item table (text tower): no rows, no item indices
     update = CohortUpdate(
-        row_items=torch.from_numpy(row_items),
-        row_clients=torch.from_numpy(row_clients),
-        row_counts=torch.from_numpy(np.bincount(item_row.reshape(-1), minlength=len(row_keys)).astype(np.float32)),
+        row_items=torch.from_numpy(row_items[sent]),
+        row_clients=torch.from_numpy(row_clients[sent]),
+        row_counts=torch.from_numpy(row_counts[sent]),
         row_deltas={s.name: deltas[s.name] for s in model.uploaded_specs(ParamKind.SHARED_ROWS)},
         dense_deltas={s.name: deltas[s.name] for s in model.uploaded_specs(ParamKind.SHARED_DENSE)},
         client_sizes=torch.from_numpy(examples.client_sizes.astype(np.float32)),

@@ -167,7 +167,8 @@ class ItemObservations:
         keep = target >= 0
         items = update.row_items.numpy()[keep]
         target = target[keep]
-        squared = sum(value.reshape(len(value), -1).double().pow(2).sum(1) for value in update.row_deltas.values())
+        squared = sum((value.reshape(len(value), -1).double().pow(2).sum(1) for value in update.row_deltas.values()),
+                      torch.zeros(len(update.row_items), dtype=torch.float64))
         norm = squared.sqrt().numpy()[keep]
         np.add.at(self.scores["membership"], (target, items), (norm > 0).astype(np.float64))
         np.add.at(self.scores["norm"], (target, items), norm)
@@ -193,12 +194,13 @@ class ItemObservations:
         return seen, {s: v[seen] / self.rounds_seen[seen, None] for s, v in self.scores.items()}
 
 
-def sum_guess(cohort_sum: CohortSum) -> np.ndarray:
+def sum_guess(cohort_sum: CohortSum, num_items: int) -> np.ndarray:
     """The server's per-item score from a round's sum: the summed row weights, or (DP layouts carry none)
     the norm of each item's summed delta."""
     if cohort_sum.row_weights is not None:
         return cohort_sum.row_weights.numpy()
-    squared = sum(v.reshape(v.shape[0], -1).square().sum(1) for v in cohort_sum.row_sums.values())
+    squared = sum((v.reshape(v.shape[0], -1).square().sum(1) for v in cohort_sum.row_sums.values()),
+                  torch.zeros(num_items, dtype=torch.float64))
     return squared.sqrt().numpy()
 
 
@@ -493,7 +495,7 @@ def run_audit(config: RunConfig, audit: AuditSettings, on_round: Callable[[int, 
         if observed:
             observations.add_prior(sums)
             if audit.secagg:
-                observations.add_sums(sum_guess(cohort_sum), cohort)
+                observations.add_sums(sum_guess(cohort_sum, num_catalogue_items(model)), cohort)
             if round_evidence:
                 evidence.append((round_index, _concat_evidence(round_evidence)))
         deltas, next_clip = aggregate_sum(cohort_sum, settings.row_weighting, settings.privacy, round_clip,

@@ -79,7 +79,7 @@ class SumLayout:
 def sum_layout(shapes: SharedShapes, weighting: RowWeighting, privacy: CentralDP | LocalDP | None) -> SumLayout:
     """The vector layout a round needs for this weighting and DP mechanism."""
     clipped = privacy is not None
-    return SumLayout(dict(shapes.rows), dict(shapes.dense), weighted=not clipped and weighting != "fedavg",
+    return SumLayout(dict(shapes.rows), dict(shapes.dense), weighted=not clipped and weighting != "fedavg" and bool(shapes.rows),
                      clipped=clipped, count_unclipped=isinstance(privacy, CentralDP) and privacy.adaptive)
 
 

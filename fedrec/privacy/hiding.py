@@ -43,7 +43,7 @@ from fedrec.federated import rng
 from fedrec.federated.aggregation import CohortUpdate, RowWeighting, keep_clients
 from fedrec.federated.cohort import ClientData
 from fedrec.federated.local import CohortResult, LocalTraining
-from fedrec.federated.server import INDEX_BYTES, upload_bytes
+from fedrec.federated.server import INDEX_BYTES, full_upload_bytes, upload_bytes
 from fedrec.privacy.hiding_settings import HIDING_MODES, HidingMode, HidingSettings  # noqa: F401 (re-exported)
 from fedrec.models.base import ExampleBatch, ParamKind, RecModel, parameter_bytes
 
@@ -259,7 +259,7 @@ def apply_hiding(update: CohortUpdate, num_items: int, settings: HidingSettings,
 
 def dense_upload_bytes(model: RecModel, num_clients: int) -> int:
     """Bytes a cohort sends when every client uploads every shared row (no indices) and every dense tensor."""
-    return num_clients * sum(parameter_bytes(spec) for spec in model.param_specs() if spec.is_uploaded)
+    return full_upload_bytes(model, num_clients)
 
 
 def hidden_upload_bytes(model: RecModel, update: CohortUpdate, mode: HidingMode) -> int:
