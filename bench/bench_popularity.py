@@ -65,20 +65,23 @@ def top10_popularity(scores: Tensor, task: Any, popularity: np.ndarray) -> float
 def _run(pair: str, mode: str, seed: int, out_dir: Path, threads: int) -> dict[str, Any]:
     from fedrec.config import load_config
     from fedrec.eval.ranking import full_ranking_metrics, ranking_task
-    from fedrec.models.base import score_all_items
+    from fedrec.models.base import num_catalogue_items, score_all_items
+    from fedrec.runtime.checkpoint import CHECKPOINT_NAME, load_checkpoint
     from fedrec.runtime.experiment import prepare
     from fedrec.runtime.trainer import train
-    from fedrec.serving.recommend import load_run
 
     torch.set_num_threads(threads)
-    metrics = train(load_config(ROOT / "configs" / f"{pair}-{mode}.toml", [f"train.seed={seed}"]), out_dir)
-    run = load_run(out_dir)
-    split = prepare(run.config).split
-    num_items = run.num_items
+    config = load_config(ROOT / "configs" / f"{pair}-{mode}.toml", [f"train.seed={seed}"])
+    metrics = train(config, out_dir)
+    exp = prepare(config)  # the same data, split and model the run had
+    tensors, _ = load_checkpoint(out_dir / CHECKPOINT_NAME)
+    params = {spec.name: tensors[f"param/{spec.name}"].float() for spec in exp.model.param_specs()}
+    split = exp.split
+    num_items = num_catalogue_items(exp.model)
     popularity = np.bincount(split.train.items, minlength=num_items)
     edges = tier_edges(popularity, np.concatenate([split.validation.items, split.test.items]))
     parts = {"val": (split.validation, [split.train]), "test": (split.test, [split.train, split.validation])}
-    scores = score_all_items(run.model, run.params, torch.arange(run.seen.shape[0])).float()
+    scores = score_all_items(exp.model, params, torch.arange(exp.dataset.num_users)).float()
     result: dict[str, Any] = {}
     for name, (held_out, exclude) in parts.items():
         result[name] = {"tiers": metrics_by_tier(lambda users: scores[users], held_out, exclude, popularity, edges, num_items),

@@ -64,3 +64,23 @@ def chromium_browser():
             yield browser
         finally:
             browser.close()
+
+
+@pytest.fixture(scope="session")
+def load_bench():
+    """Import a script under bench/ as a module, by name (bench/ on sys.path, as the scripts expect)."""
+    import importlib.util
+    import sys
+
+    bench_dir = Path(__file__).resolve().parent.parent / "bench"
+
+    def load(name: str):
+        if str(bench_dir) not in sys.path:
+            sys.path.insert(0, str(bench_dir))
+        spec = importlib.util.spec_from_file_location(name, bench_dir / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        return module
+
+    return load

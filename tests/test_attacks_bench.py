@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,12 +13,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_poison", ROOT / "bench" / "bench_poison.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_poison"] = module
-    spec.loader.exec_module(module)
-    return module
+def bench(load_bench):
+    return load_bench("bench_poison")
 
 
 def runs(hr: list[float], er: list[float], rejected: float = 0.0) -> list[dict[str, float]]:

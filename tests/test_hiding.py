@@ -14,8 +14,9 @@ from fedrec.federated.aggregation import ROW_WEIGHTINGS, CohortUpdate, aggregate
 from fedrec.models.mf import BiasedMF, MFConfig
 from fedrec.federated.cohort import ClientData
 from fedrec.federated.local import LocalTraining
+from fedrec.federated.server import full_upload_bytes
 from fedrec.federated.vectorized import train_cohort_vectorized
-from fedrec.privacy.hiding import (HidingSettings, add_pseudo_items, apply_hiding, dense_upload, dense_upload_bytes,
+from fedrec.privacy.hiding import (HidingSettings, add_pseudo_items, apply_hiding, dense_upload,
                                    hidden_upload_bytes, select_clients, virtual_example_values)
 
 
@@ -58,7 +59,7 @@ def test_dense_upload_rows_are_zero_where_untouched_and_bytes_count_every_row():
     assert nonzero.tolist() == [[False, True, False, False, True], [True, False, False, False, False]]
     model = BiasedMF(MFConfig(dim=3), num_users=2, num_items=5)
     # every client: 5 rows x (3 + 1) floats + the global bias, 4 bytes each; no row indices
-    assert hidden_upload_bytes(model, dense, "dense") == dense_upload_bytes(model, 2) == 2 * (5 * 4 + 1) * 4
+    assert hidden_upload_bytes(model, dense, "dense") == full_upload_bytes(model, 2) == 2 * (5 * 4 + 1) * 4
     assert hidden_upload_bytes(model, update, "none") == 3 * (4 + 4 * 4) + 2 * 4
 
 

@@ -130,8 +130,8 @@ def split_update(update: CohortUpdate) -> list[ClientUpload]:
 
 def shape_problem(upload: ClientUpload, specs: Sequence[ParamSpec]) -> str | None:
     """Why this upload does not fit the model's shared parameters, or None when it does."""
-    rows = {s.name: s for s in specs if s.kind is ParamKind.SHARED_ROWS and s.trainable}
-    dense = {s.name: s for s in specs if s.kind is ParamKind.SHARED_DENSE and s.trainable}
+    rows = {s.name: s for s in specs if s.kind is ParamKind.SHARED_ROWS and s.is_uploaded}
+    dense = {s.name: s for s in specs if s.kind is ParamKind.SHARED_DENSE and s.is_uploaded}
     if set(upload.row_deltas) != set(rows) or set(upload.dense_deltas) != set(dense):
         return "tensor names differ from the model's uploaded shared parameters"
     if upload.row_items.dim() != 1 or upload.row_counts.shape != upload.row_items.shape:
@@ -155,8 +155,8 @@ def _empty_update(specs: Sequence[ParamSpec]) -> CohortUpdate:
     return CohortUpdate(
         row_items=torch.zeros(0, dtype=torch.int64), row_clients=torch.zeros(0, dtype=torch.int64),
         row_counts=torch.zeros(0),
-        row_deltas={s.name: torch.zeros(0, *s.row_shape) for s in specs if s.kind is ParamKind.SHARED_ROWS and s.trainable},
-        dense_deltas={s.name: torch.zeros(0, *s.shape) for s in specs if s.kind is ParamKind.SHARED_DENSE and s.trainable},
+        row_deltas={s.name: torch.zeros(0, *s.row_shape) for s in specs if s.kind is ParamKind.SHARED_ROWS and s.is_uploaded},
+        dense_deltas={s.name: torch.zeros(0, *s.shape) for s in specs if s.kind is ParamKind.SHARED_DENSE and s.is_uploaded},
         client_sizes=torch.zeros(0),
     )
 

@@ -43,9 +43,9 @@ from fedrec.federated import rng
 from fedrec.federated.aggregation import CohortUpdate, RowWeighting, keep_clients
 from fedrec.federated.cohort import ClientData
 from fedrec.federated.local import CohortResult, LocalTraining
-from fedrec.federated.server import INDEX_BYTES, full_upload_bytes, upload_bytes
+from fedrec.federated.server import INDEX_BYTES, upload_bytes
 from fedrec.privacy.hiding_settings import HIDING_MODES, HidingMode, HidingSettings  # noqa: F401 (re-exported)
-from fedrec.models.base import ExampleBatch, ParamKind, RecModel, parameter_bytes
+from fedrec.models.base import ExampleBatch, ParamKind, RecModel
 
 # Stream identifiers of the draws made here (kept clear of the ones in fedrec/federated/rng.py).
 STREAM_PSEUDO_ITEMS = 101
@@ -255,11 +255,6 @@ def apply_hiding(update: CohortUpdate, num_items: int, settings: HidingSettings,
         values = fake_values if settings.pseudo_values == "virtual" else None
         return add_pseudo_items(update, num_items, settings, seed, round_index, clients, values), weighting
     return update, weighting
-
-
-def dense_upload_bytes(model: RecModel, num_clients: int) -> int:
-    """Bytes a cohort sends when every client uploads every shared row (no indices) and every dense tensor."""
-    return full_upload_bytes(model, num_clients)
 
 
 def hidden_upload_bytes(model: RecModel, update: CohortUpdate, mode: HidingMode) -> int:

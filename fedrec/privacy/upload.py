@@ -26,11 +26,11 @@ from fedrec.errors import FedrecError
 from fedrec.federated.aggregation import CohortUpdate, RowWeighting
 from fedrec.federated.cohort import ClientData
 from fedrec.federated.local import CohortResult, LocalTraining
-from fedrec.federated.server import FedAvgSettings, shared_shapes, upload_bytes, write_private_rows
+from fedrec.federated.server import FedAvgSettings, full_upload_bytes, shared_shapes, upload_bytes, write_private_rows
 from fedrec.models.base import RecModel, num_catalogue_items
 from fedrec.privacy.cohort_sum import (ClientVectors, CohortSum, Contributions, SecureSumReport, contributions,
                                        SumLayout, secure_cohort_sum, sum_layout)
-from fedrec.privacy.hiding import (HidingSettings, apply_hiding, client_chunks, dense_upload_bytes, select_clients,
+from fedrec.privacy.hiding import (HidingSettings, apply_hiding, client_chunks, select_clients,
                                    virtual_example_values)
 
 MIN_SECURE_COHORT = 3  # the protocol needs at least 3 clients (a client's input must hide among others)
@@ -72,7 +72,7 @@ def cohort_upload(model: RecModel, params: dict[str, Tensor], data: ClientData, 
     secure = settings.secure_aggregation
     pseudo = hiding.mode == "pseudo"
     if secure is None and not pseudo:
-        sent = dense_upload_bytes(model, update.num_clients) if hiding.mode == "dense" else upload_bytes(model, update)
+        sent = full_upload_bytes(model, update.num_clients) if hiding.mode == "dense" else upload_bytes(model, update)
         return update, UploadReport(sent)
     if pseudo and update.num_clients != len(cohort):
         raise FedrecError("privacy.hiding = 'pseudo' cannot be combined with simulated client dropouts or deadlines "
