@@ -71,6 +71,19 @@ def _read_config(path: Path) -> RunConfig:
         raise FedrecError(f"{path} is not a valid fedrec run config ({first}); retrain the run with fedrec train") from None
 
 
+def checkpoint_params(model: RecModel, tensors: dict[str, Tensor], path: Path) -> dict[str, Tensor]:
+    """The model's parameters from a recommender checkpoint's ``param/<name>`` tensors, checked against its specs."""
+    params = {}
+    for spec in model.param_specs():
+        value = tensors.get(f"param/{spec.name}")
+        if value is None or tuple(value.shape) != spec.shape:
+            found = "missing" if value is None else f"shape {tuple(value.shape)}"
+            raise FedrecError(f"{path} does not match its config (param/{spec.name}: {found}, "
+                              f"expected {spec.shape}); was the dataset changed since training? retrain the run")
+        params[spec.name] = value.float()
+    return params
+
+
 def load_run(run_dir: Path, data_dir: Path | None = None) -> TrainedRun:
     """Load a finished run; ``data_dir`` overrides where its dataset is read from."""
     from fedrec.runtime.experiment import prepare
@@ -90,16 +103,15 @@ def load_run(run_dir: Path, data_dir: Path | None = None) -> TrainedRun:
         config = config.model_copy(update={"data": config.data.model_copy(update={"data_dir": str(data_dir)})})
     # Sampled evaluation negatives are not needed to serve; skip drawing them.
     config_to_prepare = config.model_copy(update={"eval": config.eval.model_copy(update={"sampled_negatives": 0})})
-    exp = prepare(config_to_prepare)
     tensors, _ = load_checkpoint(run_dir / CHECKPOINT_NAME)
-    params = {}
-    for spec in exp.model.param_specs():
-        value = tensors.get(f"param/{spec.name}")
-        if value is None or tuple(value.shape) != spec.shape:
-            found = "missing" if value is None else f"shape {tuple(value.shape)}"
-            raise FedrecError(f"{run_dir / CHECKPOINT_NAME} does not match its config (param/{spec.name}: {found}, "
-                              f"expected {spec.shape}); was the dataset changed since training? retrain the run")
-        params[spec.name] = value.float()
+    if config.model.name == "lora_bpr":  # federated LoRA: served as the text tower it trains, items re-encoded
+        from fedrec.text.lora_run import served_params, tower_config
+
+        exp = prepare(tower_config(config_to_prepare))
+        params = served_params(config, exp, tensors, run_dir / CHECKPOINT_NAME)
+    else:
+        exp = prepare(config_to_prepare)
+        params = checkpoint_params(exp.model, tensors, run_dir / CHECKPOINT_NAME)
     train = exp.split.train
     seen = sp.csr_matrix((np.ones(len(train), dtype=bool), (train.users, train.items)),
                          shape=(exp.dataset.num_users, exp.dataset.num_items), dtype=bool)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from fedrec.config import RunConfig, config_to_json
 from fedrec.errors import FedrecError
@@ -113,8 +114,8 @@ def initial_state(exp: Experiment, embedder: ItemEmbedder, seed: int) -> LoraSta
     return LoraState(0, {**adapters, **{name: params[name] for name in HEAD_NAMES}}, params["user_vec"])
 
 
-def evaluate(exp: Experiment, embedder: ItemEmbedder, state: LoraState, config: RunConfig) -> dict[str, Any]:
-    """Ranking metrics of the global model: every item's vector from its text, through the tower's evaluator.
+def tower_params(exp: Experiment, embedder: ItemEmbedder, state: LoraState, config: RunConfig) -> dict[str, Tensor]:
+    """The global model as ``tower_bpr`` parameters: every item's embedding from its text through the adapted encoder.
 
     With ``lora.refit_steps``, every client first refits its private user vector to the global item
     tower (:func:`refit_user_vectors`); the run's state keeps the vectors training left.
@@ -128,7 +129,41 @@ def evaluate(exp: Experiment, embedder: ItemEmbedder, state: LoraState, config: 
         model_config = exp.model.config  # type: ignore[attr-defined]
         user_vec = refit_user_vectors(item_vectors, user_vec, exp.clients, config.lora.refit_steps,
                                       config.lora.refit_lr, model_config.l2, model_config.negatives, config.train.seed)
-    return dict(exp.evaluator({"user_vec": user_vec, "item_text": text, **head}))
+    return {"user_vec": user_vec, "item_text": text, **head}
+
+
+def evaluate(exp: Experiment, embedder: ItemEmbedder, state: LoraState, config: RunConfig) -> dict[str, Any]:
+    """Ranking metrics of the global model (:func:`tower_params`) through the tower's evaluator."""
+    return dict(exp.evaluator(tower_params(exp, embedder, state, config)))
+
+
+def encoder_for(config: RunConfig, exp: Experiment) -> LoraEncoder:
+    """The run's encoder with fresh LoRA adapters on the item texts of ``exp``."""
+    assert exp.text is not None
+    model_config = config.model
+    encoder = TextEncoder(model_config.text_encoder, max_length=model_config.text_max_length,
+                          batch_size=model_config.text_batch_size)
+    return LoraEncoder(encoder, exp.text.items.texts, lora_settings(config), batch_size=model_config.text_batch_size)
+
+
+def served_params(config: RunConfig, exp: Experiment, tensors: dict[str, Tensor], path: Path) -> dict[str, Tensor]:
+    """``tower_bpr`` parameters of a finished run's checkpoint (``exp`` from ``prepare(tower_config(config))``).
+
+    The model the run evaluated: item embeddings re-encoded with the trained adapters, and, with
+    ``lora.refit_steps``, user vectors refitted the way evaluation refits them (same seed, same result).
+    """
+    embedder = encoder_for(config, exp)
+    state = initial_state(exp, embedder, config.train.seed)
+    missing = [f"shared/{k}" for k in state.shared if f"shared/{k}" not in tensors]
+    missing += [] if "private/user_vec" in tensors else ["private/user_vec"]
+    shapes_differ = not missing and (tuple(tensors["private/user_vec"].shape) != tuple(state.user_vec.shape) or any(
+        tuple(tensors[f"shared/{k}"].shape) != tuple(v.shape) for k, v in state.shared.items()))
+    if missing or shapes_differ:
+        found = f"missing {', '.join(missing)}" if missing else "tensor shapes differ"
+        raise FedrecError(f"{path} does not match its {MODEL_NAME} config ({found}); was the dataset or the lora "
+                          "settings changed since training? retrain the run")
+    state = LoraState(0, {k: tensors[f"shared/{k}"].float() for k in state.shared}, tensors["private/user_vec"].float())
+    return {k: v.detach() for k, v in tower_params(exp, embedder, state, config).items()}
 
 
 def communication(embedder: LoraEncoder, state: LoraState) -> dict[str, Any]:
@@ -203,11 +238,7 @@ def train_lora(config: RunConfig, out_dir: Path, resume: bool = False, on_round:
         raise FedrecError(f"{out_dir} already holds a run; pass --resume to continue it or choose another --out")
     exp = prepare(tower_config(config))
     assert exp.text is not None
-    model_config = config.model
-    encoder = TextEncoder(model_config.text_encoder, max_length=model_config.text_max_length,
-                          batch_size=model_config.text_batch_size)
-    batch = model_config.text_batch_size
-    embedder = LoraEncoder(encoder, exp.text.items.texts, lora_settings(config), batch_size=batch)
+    embedder = encoder_for(config, exp)
     state = initial_state(exp, embedder, config.train.seed)
     counters: dict[str, Any] = {"seconds": 0.0, "bytes_up": 0, "bytes_down": 0}
     history: list[dict[str, Any]] = []
