@@ -334,10 +334,6 @@ class RunConfig(Section):
         if self.defence.enabled and self.privacy.enabled:
             raise ValueError("defence.* and privacy.* cannot be combined: DP aggregates a clipped, noised sum, so the server "
                              "never sees the individual uploads the defences inspect (DP's clipping already bounds each client)")
-        if self.privacy.enabled and self.model.name in ("text_bpr", "text_mf", "tower_bpr", "tower_mf"):
-            raise ValueError(f"privacy with model.name = {self.model.name!r} is not supported yet: the privacy paths "
-                             "of the text models are tested round by round but not yet end to end; use an ID model "
-                             "(mf, bpr, ncf) with DP")
         if self.defence.enabled and self.train.mode != "federated":
             raise ValueError("defence.* applies to federated training only (train.mode = 'federated')")
         if self.privacy.enabled and self.train.mode != "federated":
