@@ -54,6 +54,8 @@ class DataConfig(Section):
 
 
 #: ModelConfig keys read by the text pipeline and the cold-start protocol, not by the model's own config
+#: the recommenders that read item text through a shared adapter (fedrec/models/text.py)
+TEXT_MODELS = ("text_bpr", "text_mf", "tower_bpr", "tower_mf")
 TEXT_PIPELINE_KEYS = frozenset({"text_encoder", "text_dim", "text_max_length", "text_batch_size", "text_cache",
                                 "text_columns", "cold_start_items"})
 
@@ -338,6 +340,10 @@ class RunConfig(Section):
             raise ValueError("defence.* applies to federated training only (train.mode = 'federated')")
         if self.privacy.enabled and self.train.mode != "federated":
             raise ValueError("privacy (client-level DP) needs train.mode = 'federated'")
+        if self.privacy.hiding != "none" and self.model.name in TEXT_MODELS:
+            raise ValueError(f"privacy.hiding hides which item rows a client uploads, but {self.model.name}'s shared text "
+                             "adapter update is computed from the public text of the client's items and would still "
+                             "reveal them; with text models use DP (privacy.epsilon) or privacy.secure_aggregation")
         if (self.privacy.secure_aggregation or self.privacy.hiding != "none") and self.train.mode != "federated":
             raise ValueError("privacy.secure_aggregation / privacy.hiding need train.mode = 'federated'")
         if self.defence.enabled and (self.privacy.secure_aggregation or self.privacy.hiding == "pseudo"):

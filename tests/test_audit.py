@@ -180,6 +180,9 @@ def test_the_audit_refuses_impossible_settings():
         run_audit(config, AuditSettings(observe_rounds=5))
     with pytest.raises(FedrecError, match="federated"):
         run_audit(load_config(ROOT / "configs" / "default.toml", TINY + ["train.mode=centralized"]), AuditSettings())
+    text = load_config(None, ["data.name=synthetic", "model.name=tower_bpr", "data.split=leave_last_out"])
+    with pytest.raises(FedrecError, match="text adapter update, which the audit does not measure"):
+        run_audit(text, AuditSettings())
 
 
 @pytest.mark.slow

@@ -150,11 +150,29 @@ def test_all_users_export_matches_single_user_answers(runs, tmp_path):
         export_recommendations(frame, tmp_path / "top.xlsx")
 
 
+@pytest.mark.parametrize("name", ["text_bpr", "tower_bpr"])
+def test_similar_items_of_a_text_model_use_the_vectors_it_scores_with(name, tmp_path, monkeypatch):
+    """q_i = e_i + W t_i + b (tower: W t_i + b), computed by hand from the checkpoint; not the raw text."""
+    monkeypatch.setenv("FEDREC_CACHE", str(tmp_path / "cache"))
+    extra = [f"model.name='{name}'", "model.text_dim=5", "model.text_max_length=12", "data.split='leave_last_out'"]
+    run = load_run(train_small_run(tmp_path / name, extra))
+    tensors, _ = load_checkpoint(tmp_path / name / "checkpoint.safetensors")
+    t = {k[len("param/"):]: v.numpy().astype(np.float64) for k, v in tensors.items() if k.startswith("param/")}
+    q = t["item_text"] @ t["adapter_w"] + t["adapter_b"] + (t["item_vec"] if name == "text_bpr" else 0.0)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    assert item_embedding_tables(run) == (["item_vec + adapter(item_text)"] if name == "text_bpr" else ["adapter(item_text)"])
+    cosine = q @ q[4]
+    cosine[4] = -np.inf
+    got = similar_items(item_vectors(run), 4, 5)
+    np.testing.assert_allclose(got.scores, np.sort(cosine)[::-1][:5], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(got.items, np.argsort(-cosine, kind="stable")[:5])
+
+
 @pytest.mark.parametrize("name", ["mf", "neumf"])
 def test_similar_items_are_the_cosine_nearest(runs, run_dirs, name):
     run = runs[name]
     tensors, _ = load_checkpoint(run_dirs[name] / "checkpoint.safetensors")
-    tables = item_embedding_tables(run.model)
+    tables = item_embedding_tables(run)
     assert tables == (["item_vec"] if name == "mf" else ["item_gmf", "item_mlp"])
     parts = [tensors[f"param/{t}"].numpy().astype(np.float64) for t in tables]
     vectors = np.concatenate([p / np.linalg.norm(p, axis=1, keepdims=True) for p in parts], axis=1)

@@ -1,6 +1,7 @@
 """Privacy with the text models end to end (``fedrec train``): central DP spends exactly the asked epsilon,
-local DP reports its own, secure aggregation and dense hiding reach the plain model, and in every case the
-frozen text embeddings come out of training bit-identical (never noised, masked or stepped)."""
+local DP reports its own (and both really add noise), secure aggregation reaches the plain model, and in every
+case the frozen text embeddings come out of training bit-identical (never noised, masked or stepped). Item hiding
+is refused: the adapter update is a function of the client's items' public text, so hiding rows hides nothing."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from fedrec.config import load_config
+from fedrec.errors import FedrecError
 from fedrec.runtime.experiment import prepare
 from fedrec.runtime.trainer import train
 
@@ -53,9 +55,21 @@ def test_central_dp_spends_the_asked_epsilon_and_leaves_the_text_alone(model, tm
     assert metrics["noise_multiplier"] > 0.3
     assert 0.0 <= quality(metrics) < 5.0
     assert_text_untouched(tmp_path / "dp", overrides)
-    plain = train(load_config(None, tiny(model)), tmp_path / "plain")
-    assert "epsilon" not in plain
-    assert not torch.allclose(params_of(tmp_path / "dp")["adapter_w"], params_of(tmp_path / "plain")["adapter_w"])
+    # the same clipping and Poisson cohorts with a sixth of the noise or less: what is left is mostly the noise itself
+    quiet = [*tiny(model), "privacy.noise_multiplier=0.1", "privacy.delta=1e-3", "privacy.clip_norm=0.5"]
+    train(load_config(None, quiet), tmp_path / "quiet")
+    assert_noised(tmp_path / "dp", tmp_path / "quiet", metrics["noise_multiplier"] * 0.5 / 30)
+
+
+def assert_noised(noised: Path, quiet: Path, stddev: float) -> None:
+    """Every trained shared tensor of 8+ values moved away from the quiet run's by about the noise (max > a tenth
+    of its stddev; a single value, e.g. the global bias, can draw a small number by chance)."""
+    a, b = params_of(noised), params_of(quiet)
+    shared = [name for name in a if name.startswith(("adapter_", "item_vec", "item_bias", "global_bias"))
+              and a[name].numel() >= 8]
+    assert shared
+    for name in shared:
+        assert (a[name] - b[name]).abs().max() > 0.1 * stddev, name
 
 
 @pytest.mark.parametrize("model", TEXT_MODELS)
@@ -64,11 +78,14 @@ def test_local_dp_reports_its_epsilon_and_leaves_the_text_alone(model, tmp_path)
     metrics = train(load_config(None, overrides), tmp_path / "ldp")
     assert metrics["local_epsilon"] == 4.0 and metrics["local_epsilon_total"] == 12.0
     assert_text_untouched(tmp_path / "ldp", overrides)
+    quiet = [*tiny(model), "privacy.mode=local", "privacy.epsilon=1e9", "privacy.delta=1e-5", "privacy.clip_norm=0.5"]
+    train(load_config(None, quiet), tmp_path / "quiet")
+    assert_noised(tmp_path / "ldp", tmp_path / "quiet", metrics["local_noise_stddev"] / 30)
 
 
 @pytest.mark.parametrize("model", TEXT_MODELS)
-@pytest.mark.parametrize("option", [["privacy.secure_aggregation=true"], ["privacy.hiding='dense'"]])
-def test_secure_aggregation_and_dense_hiding_reach_the_plain_model(model, option, tmp_path):
+def test_secure_aggregation_reaches_the_plain_model(model, tmp_path):
+    option = ["privacy.secure_aggregation=true"]
     plain = train(load_config(None, tiny(model)), tmp_path / "plain")
     private = train(load_config(None, [*tiny(model), *option]), tmp_path / "private")
     a, b = params_of(tmp_path / "plain"), params_of(tmp_path / "private")
@@ -77,3 +94,9 @@ def test_secure_aggregation_and_dense_hiding_reach_the_plain_model(model, option
         torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
     assert quality(private) == pytest.approx(quality(plain), abs=1e-5)
     assert_text_untouched(tmp_path / "private", [*tiny(model), *option])
+
+
+@pytest.mark.parametrize("model", TEXT_MODELS)
+def test_item_hiding_is_refused_because_the_adapter_update_reveals_the_items(model):
+    with pytest.raises(FedrecError, match="adapter update is computed from the public text"):
+        load_config(None, [*tiny(model), "privacy.hiding='dense'"])

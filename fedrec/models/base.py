@@ -114,6 +114,16 @@ class RecModel(abc.ABC):
         """Every tensor whose deltas clients upload."""
         return [spec.name for spec in self.param_specs() if spec.is_uploaded]
 
+    def similarity_vectors(self, params: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The item vectors that define item similarity, by name, each (num_items, ...).
+
+        By default the shared per-item tables wider than one value: MF and BPR-MF ``item_vec``; NCF
+        ``item_gmf`` and ``item_mlp``. Per-item biases (one value) are left out. Models whose item
+        vector is computed (the text models) override this.
+        """
+        return {spec.name: params[spec.name] for spec in self.specs_by_kind(ParamKind.SHARED_ROWS)
+                if math.prod(spec.row_shape) > 1}
+
 
 def parameter_bytes(spec: ParamSpec, rows: int | None = None, bytes_per_value: int = 4) -> int:
     """Bytes of a tensor of this spec: all of it, or ``rows`` rows of a row table."""

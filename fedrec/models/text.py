@@ -189,12 +189,20 @@ class TextRec(RecModel):
         reg = reg + rows["user_bias"].pow(2).sum(-1)
         return (scores[..., 0] - batch.targets).pow(2) + self.config.l2 * reg
 
+    def catalogue_item_vectors(self, params: dict[str, Tensor]) -> Tensor:
+        """q_i of every item: (I, d)."""
+        dense = {k: v.unsqueeze(0) for k, v in params.items() if k.startswith("adapter_")}
+        q = self.adapt(params["item_text"].unsqueeze(0), dense)[0]
+        return q + params["item_vec"] if self.config.item_ids else q
+
+    def similarity_vectors(self, params: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The item vectors the model scores with: q_i = e_i + A(t_i), or A(t_i) for a tower."""
+        name = "item_vec + adapter(item_text)" if self.config.item_ids else "adapter(item_text)"
+        return {name: self.catalogue_item_vectors(params)}
+
     def score_all(self, params: dict[str, Tensor], users: Tensor) -> Tensor:
         """Scores of every item for each user: (B, I)."""
-        dense = {k: v.unsqueeze(0) for k, v in params.items() if k.startswith("adapter_")}
-        q = self.adapt(params["item_text"].unsqueeze(0), dense)[0]  # (I, d)
-        if self.config.item_ids:
-            q = q + params["item_vec"]
+        q = self.catalogue_item_vectors(params)
         scores = params["user_vec"][users] @ q.T
         if self.config.item_ids:
             scores = scores + params["item_bias"].T

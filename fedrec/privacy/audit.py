@@ -65,7 +65,7 @@ import torch
 from scipy.stats import rankdata
 from torch import Tensor
 
-from fedrec.config import RunConfig
+from fedrec.config import TEXT_MODELS, RunConfig
 from fedrec.errors import FedrecError
 from fedrec.federated import rng
 from fedrec.federated.aggregation import CohortUpdate, RowWeighting, aggregate_rows, row_weights
@@ -431,6 +431,10 @@ def run_audit(config: RunConfig, audit: AuditSettings, on_round: Callable[[int, 
 
     if config.train.mode != "federated":
         raise FedrecError("fedrec audit attacks federated uploads; set train.mode=federated")
+    if config.model.name in TEXT_MODELS:
+        raise FedrecError(f"fedrec audit attacks the uploaded item rows, but {config.model.name} also reveals a client's "
+                          "items through its text adapter update, which the audit does not measure (its result would "
+                          "understate the leak); audit an ID model (mf, bpr, ncf)")
     if audit.observe_rounds > config.train.rounds:
         raise FedrecError(f"cannot observe {audit.observe_rounds} rounds of a {config.train.rounds}-round run; "
                           f"set train.rounds >= {audit.observe_rounds} or lower --observe")

@@ -57,7 +57,8 @@ def privacy_settings(config: RunConfig, eligible_clients: int, noise_multiplier:
     privacy = config.privacy
     if not privacy.enabled or config.train.mode != "federated":
         return None
-    from fedrec.privacy.accountant import calibrate_noise  # here: runs without privacy never import dp_accounting
+    from fedrec.privacy.accountant import (  # here: runs without privacy never import dp_accounting
+        calibrate_noise, check_noise_multiplier)
 
     assert privacy.delta is not None  # checked by the config
     if privacy.mode == "local":
@@ -69,6 +70,7 @@ def privacy_settings(config: RunConfig, eligible_clients: int, noise_multiplier:
     if noise_multiplier is None:
         assert privacy.epsilon is not None
         noise_multiplier = calibrate_noise(privacy.epsilon, privacy.delta, q, config.train.rounds)
+    check_noise_multiplier(noise_multiplier)
     settings = CentralDP(noise_multiplier, privacy.clip_norm, q * eligible_clients, privacy.adaptive_clip,
                          privacy.target_quantile, privacy.clip_lr, privacy.clip_count_stddev)
     _ = settings.update_noise  # refuse an impossible adaptive-clipping split before training

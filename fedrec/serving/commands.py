@@ -79,7 +79,7 @@ def similar(
     run = load_run(run_dir, data_dir)
     index = item_of(run, item)
     records = ranked_records(run, similar_items(item_vectors(run), index, k), "similarity")
-    tables = item_embedding_tables(run.model)
+    tables = item_embedding_tables(run)
     if as_json:
         out.print_json(json.dumps({"item": item, "title": item_title(run, index), "tables": tables, "items": records}))
     else:

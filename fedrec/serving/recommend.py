@@ -287,23 +287,26 @@ def top_k_excluding(scores: Tensor, exclude: np.ndarray, k: int) -> Ranked:
 # -- similar items ----------------------------------------------------------------------------------
 
 
-def item_embedding_tables(model: RecModel) -> list[str]:
-    """Which item tables define item similarity: the shared per-item tables wider than one value.
+def item_embedding_tables(run: TrainedRun) -> list[str]:
+    """Which item vectors define item similarity (:meth:`RecModel.similarity_vectors`).
 
     MF and BPR-MF: ``item_vec``; NCF: ``item_gmf`` (GMF), ``item_mlp`` (MLP), both concatenated
-    (NeuMF, each normalised first). Per-item biases (one value) are left out.
+    (NeuMF, each normalised first); text models: the vector they score with, ID part and adapted text.
     """
-    tables = [spec.name for spec in model.specs_by_kind(ParamKind.SHARED_ROWS)
-              if int(np.prod(spec.row_shape)) > 1]
-    if not tables:
+    return list(_similarity_vectors(run))
+
+
+def _similarity_vectors(run: TrainedRun) -> dict[str, Tensor]:
+    vectors = run.model.similarity_vectors(run.params)
+    if not vectors:
         raise FedrecError("this model has no item vectors to compare; similar items need an embedding model")
-    return tables
+    return vectors
 
 
 def item_vectors(run: TrainedRun) -> Tensor:
-    """Unit-length item vectors (the tables of :func:`item_embedding_tables`, each normalised, concatenated)."""
-    parts = [torch.nn.functional.normalize(run.params[name].reshape(run.num_items, -1), dim=-1)
-             for name in item_embedding_tables(run.model)]
+    """Unit-length item vectors (those of :func:`item_embedding_tables`, each normalised, concatenated)."""
+    parts = [torch.nn.functional.normalize(value.detach().reshape(run.num_items, -1).float(), dim=-1)
+             for value in _similarity_vectors(run).values()]
     return torch.nn.functional.normalize(torch.cat(parts, -1), dim=-1)
 
 

@@ -360,7 +360,7 @@ def build_app(state: ServingState, demo: bool = True, max_body_bytes: int = DEFA
 def _tables(run: TrainedRun) -> list[str]:
     from fedrec.serving.recommend import item_embedding_tables
 
-    return item_embedding_tables(run.model)
+    return item_embedding_tables(run)
 
 
 def app_from_environment() -> FastAPI:
