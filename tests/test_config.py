@@ -268,8 +268,9 @@ def test_number_like_text_stays_text_for_string_fields():
     assert config.data.user_col == "0" and config.data.item_col == "2024"
 
 
-def test_text_models_refuse_dp_in_one_line():
-    with pytest.raises(FedrecError, match="not supported yet") as error:
-        load_config(Path(__file__).resolve().parents[1] / "configs" / "ml100k-text-coldstart.toml",
-                    ["privacy.epsilon=8", "privacy.delta=1e-4"])
+def test_text_models_take_dp_but_refuse_item_hiding_in_one_line():
+    config_file = Path(__file__).resolve().parents[1] / "configs" / "ml100k-text-coldstart.toml"
+    assert load_config(config_file, ["privacy.epsilon=8", "privacy.delta=1e-4"]).privacy.enabled
+    with pytest.raises(FedrecError, match="would still reveal them") as error:
+        load_config(config_file, ["privacy.hiding='dense'"])
     assert "\n" not in str(error.value)
