@@ -136,3 +136,14 @@ def test_ml100k_lora_config_short_run(ml100k_dir, tmp_path):
     # text towers rank held-out items far better than chance, with or without LoRA
     assert metrics["cold_ndcg@10"] > 2 * metrics["cold_random_ndcg@10"]
     assert metrics["ndcg@10"] > 0.01
+    # the finished run serves the model it evaluated, on real data too
+    from fedrec.serving.recommend import load_run, recommend_for_user
+
+    from fedrec.runtime.experiment import prepare
+    from fedrec.text.lora_run import tower_config
+
+    run = load_run(tmp_path / "run")
+    served = prepare(tower_config(config)).evaluator(run.params)
+    assert served["ndcg@10"] == pytest.approx(metrics["ndcg@10"], abs=1e-6)
+    top = recommend_for_user(run, 0, 10)
+    assert len(set(top.items.tolist())) == 10 and not run.seen[0, top.items].toarray().any()
