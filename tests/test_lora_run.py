@@ -72,34 +72,48 @@ def test_tiny_run_end_to_end_and_resume_matches_uninterrupted(tmp_path, monkeypa
 
 
 def test_finished_run_is_served_as_the_model_it_evaluated(tmp_path, monkeypatch):
-    """load_run re-encodes the items with the trained adapters and refits users as evaluation does."""
+    """load_run serves the evaluated tower saved with the last round (no encoder needed); an older checkpoint
+    without it is served by re-encoding the items with the trained adapters and refitting users as evaluation does."""
+    from fedrec.runtime.checkpoint import save_checkpoint
     from fedrec.runtime.experiment import prepare
     from fedrec.serving.recommend import load_run, recommend_for_user
-    from fedrec.text.lora_run import tower_config
+    from fedrec.text import lora_run
 
     monkeypatch.setenv("FEDREC_CACHE", str(tmp_path / "cache"))
     run_dir = tmp_path / "run"
     config = load_config(None, [*TINY, "train.rounds=2", "lora.compare_frozen=false"])
     metrics = train(config, run_dir)
-    run = load_run(run_dir)
-    assert run.model_name == "lora_bpr" and run.model.config.item_ids is False  # the text tower
-    exp = prepare(tower_config(config))
-    # the adapters were loaded: the served item embeddings are not the frozen encoder's
-    assert not torch.allclose(run.params["item_text"], exp.text.embeddings, atol=1e-4)
-    # and the served model is the evaluated one: the same ranking metrics from the served parameters
-    served = exp.evaluator(run.params)
-    for key in ("hr@5", "ndcg@5", "mrr@5"):
-        assert served[key] == pytest.approx(metrics[key], abs=1e-6), key
-    tensors, _ = load_checkpoint(run_dir / CHECKPOINT_NAME)
-    assert not torch.equal(run.params["user_vec"], tensors["private/user_vec"])  # refitted, as evaluate() does
-    user = str(run.dataset.user_ids[0])
+    exp = prepare(lora_run.tower_config(config))
+    tensors, meta = load_checkpoint(run_dir / CHECKPOINT_NAME)
+
+    def no_encoder(*_args, **_kwargs):
+        raise AssertionError("the finished run should be served without loading the encoder")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(lora_run, "encoder_for", no_encoder)
+        saved_run = load_run(run_dir)
+    assert saved_run.model_name == "lora_bpr" and saved_run.model.config.item_ids is False  # the text tower
+    without_saved = {k: v for k, v in tensors.items() if not k.startswith("served/")}
+    assert len(without_saved) == len(tensors) - 2  # the item table and the refitted user vectors (head: shared/)
+    save_checkpoint(run_dir / CHECKPOINT_NAME, without_saved, meta)
+    reencoded_run = load_run(run_dir)
+    for run in (saved_run, reencoded_run):
+        # the adapters are in: the served item embeddings are not the frozen encoder's
+        assert not torch.allclose(run.params["item_text"], exp.text.embeddings, atol=1e-4)
+        assert not torch.equal(run.params["user_vec"], tensors["private/user_vec"])  # refitted, as evaluate() does
+        # and the served model is the evaluated one: the same ranking metrics from the served parameters
+        served = exp.evaluator(run.params)
+        for key in ("hr@5", "ndcg@5", "mrr@5"):
+            assert served[key] == pytest.approx(metrics[key], abs=1e-6), key
+    for name, value in saved_run.params.items():
+        torch.testing.assert_close(reencoded_run.params[name], value, atol=1e-5, rtol=0)
+    user = str(reencoded_run.dataset.user_ids[0])
     result = invoke(["recommend", str(run_dir), "--user", user, "-k", "3", "--json"])
     assert [e["item"] for e in json.loads(result.stdout)["items"]] == [
-        str(run.dataset.item_ids[i]) for i in recommend_for_user(run, 0, 3).items]
+        str(reencoded_run.dataset.item_ids[i]) for i in recommend_for_user(reencoded_run, 0, 3).items]
 
-    tensors.pop("shared/adapter_w")
-    from fedrec.runtime.checkpoint import save_checkpoint
-    save_checkpoint(run_dir / CHECKPOINT_NAME, tensors, {})
+    without_saved.pop("shared/adapter_w")
+    save_checkpoint(run_dir / CHECKPOINT_NAME, without_saved, meta)
     with pytest.raises(FedrecError, match=r"missing shared/adapter_w\); was the dataset or the lora settings changed"):
         load_run(run_dir)
 

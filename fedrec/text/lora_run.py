@@ -38,6 +38,7 @@ from fedrec.text.lora import (HEAD_NAMES, FrozenTable, ItemEmbedder, LocalSteps,
 
 RoundCallback = Callable[[dict[str, Any]], None]
 MODEL_NAME = "lora_bpr"
+SERVED = "served"  # checkpoint prefix of the final evaluated model (tower parameters), what load_run serves
 #: [model] keys lora_bpr reads (besides name); anything else set explicitly is refused
 _MODEL_KEYS = {"dim", "l2", "init_std", "negatives", "text_encoder", "text_max_length", "text_batch_size", "text_cache",
                "cold_start_items", "text_adapter", "text_dim"}
@@ -149,9 +150,19 @@ def encoder_for(config: RunConfig, exp: Experiment) -> LoraEncoder:
 def served_params(config: RunConfig, exp: Experiment, tensors: dict[str, Tensor], path: Path) -> dict[str, Tensor]:
     """``tower_bpr`` parameters of a finished run's checkpoint (``exp`` from ``prepare(tower_config(config))``).
 
-    The model the run evaluated: item embeddings re-encoded with the trained adapters, and, with
-    ``lora.refit_steps``, user vectors refitted the way evaluation refits them (same seed, same result).
+    The model the run evaluated: the ``served/`` tensors a finished run saves with its last round (no
+    encoder needed). A checkpoint without them (an older run) is served by re-encoding the item texts
+    with the trained adapters and, with ``lora.refit_steps``, refitting the user vectors the way
+    evaluation does (same seed, same result).
     """
+    saved = {k[len(SERVED) + 1:]: v.float() for k, v in tensors.items() if k.startswith(f"{SERVED}/")}
+    saved.update({name: tensors[f"shared/{name}"].float() for name in HEAD_NAMES if saved and f"shared/{name}" in tensors})
+    expected = {spec.name: spec.shape for spec in exp.model.param_specs()}
+    if saved:
+        if {k: tuple(v.shape) for k, v in saved.items()} != expected:
+            raise FedrecError(f"{path} does not match its {MODEL_NAME} config (served/ tensors {sorted(saved)} with "
+                              "other shapes than the config's); was the dataset changed since training? retrain the run")
+        return saved
     embedder = encoder_for(config, exp)
     state = initial_state(exp, embedder, config.train.seed)
     missing = [f"shared/{k}" for k in state.shared if f"shared/{k}" not in tensors]
@@ -196,9 +207,13 @@ def _comparable(config_json: str) -> dict[str, Any]:
     return comparable(config_json)
 
 
-def _save(path: Path, state: LoraState, counters: dict[str, Any], config: RunConfig) -> None:
+def _save(path: Path, state: LoraState, counters: dict[str, Any], config: RunConfig,
+          served: dict[str, Tensor] | None = None) -> None:
+    """Checkpoint the state; ``served``: the evaluated model as tower parameters, of which the tensors the state
+    does not hold (the item table and the refitted user vectors) are saved as ``served/<name>``."""
     tensors = {f"shared/{k}": v for k, v in state.shared.items()}
     tensors["private/user_vec"] = state.user_vec
+    tensors.update({f"{SERVED}/{k}": v.detach().clone() for k, v in (served or {}).items() if k not in state.shared})
     tensors.update({f"server/{k}": v for k, v in state.optimizer_state.items()})
     save_checkpoint(path, tensors, dict(counters, round=state.round, config=config_to_json(config)))
 
@@ -265,14 +280,16 @@ def train_lora(config: RunConfig, out_dir: Path, resume: bool = False, on_round:
                                   "bytes_up": stats.bytes_up, "bytes_down": stats.bytes_down,
                                   "upload_bytes_per_client": stats.upload_bytes_per_client}
         counters["seconds"] += time.perf_counter() - began
+        served: dict[str, Tensor] | None = None
         if state.round % config.train.eval_every == 0 or state.round == rounds:
-            final = evaluate(exp, embedder, state, config)
+            served = tower_params(exp, embedder, state, config)
+            final = dict(exp.evaluator(served))
             record.update(final)
         record["seconds"] = round(counters["seconds"], 4)
         history.append(record)
         atomic_write_text(history_path, "".join(json.dumps(entry) + "\n" for entry in history))
         if state.round % config.train.checkpoint_every == 0 or state.round == rounds:
-            _save(checkpoint, state, counters, config)
+            _save(checkpoint, state, counters, config, served if state.round == rounds else None)
         if on_round is not None:
             on_round(record)
     metrics: dict[str, Any] = dict(final) if final is not None and state.round == rounds else evaluate(
