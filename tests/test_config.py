@@ -268,6 +268,13 @@ def test_number_like_text_stays_text_for_string_fields():
     assert config.data.user_col == "0" and config.data.item_col == "2024"
 
 
+def test_the_config_and_the_model_registry_agree_on_the_text_models():
+    from fedrec.config import TEXT_MODELS
+    from fedrec.models.registry import TEXT_MODELS as REGISTERED
+
+    assert set(TEXT_MODELS) == set(REGISTERED)
+
+
 def test_text_models_take_dp_but_refuse_item_hiding_in_one_line():
     config_file = Path(__file__).resolve().parents[1] / "configs" / "ml100k-text-coldstart.toml"
     assert load_config(config_file, ["privacy.epsilon=8", "privacy.delta=1e-4"]).privacy.enabled

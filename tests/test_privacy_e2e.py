@@ -113,7 +113,7 @@ def test_without_privacy_nothing_changes(tmp_path: Path) -> None:
     (["privacy.noise_multiplier=3.0", "privacy.delta=1e-4", "privacy.adaptive_clip=true", "privacy.clip_count_stddev=1.0"],
      "clip_count_stddev"),
     (["privacy.epsilon=0"], "privacy.epsilon=0"),
-    (["privacy.noise_multiplier=1e-6", "privacy.delta=1e-4"], "noise multiplier 1e-06 (privacy.noise_multiplier"),
+    (["privacy.noise_multiplier=1e-6", "privacy.delta=1e-4"], "privacy.noise_multiplier=1e-06: Input should be greater than or equal to 0.05"),
     (["privacy.epsilon=1e6", "privacy.delta=1e-4"], "is below 0.05: epsilon would be in the hundreds"),
 ])
 def test_bad_privacy_settings_are_one_line_errors(tmp_path: Path, overrides: list[str], message: str) -> None:

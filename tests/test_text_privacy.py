@@ -5,6 +5,7 @@ is refused: the adapter update is a function of the client's items' public text,
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -93,6 +94,8 @@ def test_secure_aggregation_reaches_the_plain_model(model, tmp_path):
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
     assert quality(private) == pytest.approx(quality(plain), abs=1e-5)
+    rounds = [json.loads(line) for line in (tmp_path / "private" / "history.jsonl").read_text().splitlines()]
+    assert len(rounds) == 3 and all(r["secagg_seconds"] > 0 for r in rounds)  # the protocol really ran
     assert_text_untouched(tmp_path / "private", [*tiny(model), *option])
 
 

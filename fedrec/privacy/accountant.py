@@ -21,15 +21,13 @@ from dp_accounting.pld import PLDAccountant
 from dp_accounting.rdp import RdpAccountant
 from dp_accounting.rdp.rdp_privacy_accountant import compute_epsilon
 
+from fedrec.config import MIN_NOISE_MULTIPLIER
 from fedrec.errors import FedrecError
 
 # dp_accounting logs a warning for every Renyi order whose series does not converge (it drops
 # that order, which only makes the bound slightly looser); keep the run's output clean.
 absl_logging.set_verbosity(absl_logging.ERROR)
 
-#: Smallest noise multiplier a run accepts: below it epsilon is in the hundreds (no meaningful privacy) and the
-#: PLD accountant's grid grows without bound (z = 0.01 takes 9 s per evaluation; z = 1e-6 asks for 728 TiB).
-MIN_NOISE_MULTIPLIER = 0.05
 PLD_DISCRETIZATION = 1e-2  # PLD value grid; coarser is faster and still an upper bound (pessimistic rounding)
 
 

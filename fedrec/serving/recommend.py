@@ -104,7 +104,7 @@ def load_run(run_dir: Path, data_dir: Path | None = None) -> TrainedRun:
     # Sampled evaluation negatives are not needed to serve; skip drawing them.
     config_to_prepare = config.model_copy(update={"eval": config.eval.model_copy(update={"sampled_negatives": 0})})
     tensors, _ = load_checkpoint(run_dir / CHECKPOINT_NAME)
-    if config.model.name == "lora_bpr":  # federated LoRA: served as the text tower it trains, items re-encoded
+    if config.model.name == "lora_bpr":  # federated LoRA: served as the text tower it trains
         from fedrec.text.lora_run import served_params, tower_config
 
         exp = prepare(tower_config(config_to_prepare))

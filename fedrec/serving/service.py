@@ -31,7 +31,7 @@ from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedrec.errors import FedrecError
-from fedrec.serving.recommend import (Ranked, TrainedRun, item_metadata, item_vectors, load_run, masked_scores,
+from fedrec.serving.recommend import (Ranked, TrainedRun, item_embedding_tables, item_metadata, item_vectors, load_run, masked_scores,
                                       private_row_shapes, private_rows_of, ranked_records, score_private_rows,
                                       similar_items, top_k_excluding, top_k_from_scores, user_history)
 
@@ -179,6 +179,7 @@ class ServingState:
         self.cache_k = max(1, min(cache_k, self.num_items))
         self.top_items, self.top_scores = self._rank_everyone()
         self.vectors = _item_vectors_or_none(run)
+        self.tables = [] if self.vectors is None else item_embedding_tables(run)  # names of what vectors holds
         self.item_ids = [str(raw) for raw in run.dataset.item_ids]
         self.user_ids = [str(raw) for raw in run.dataset.user_ids]
         self._responses: OrderedDict[tuple[int, int], bytes] = OrderedDict()
@@ -283,7 +284,7 @@ def build_app(state: ServingState, demo: bool = True, max_body_bytes: int = DEFA
     @app.get("/model", summary="What a client holds privately (for POST /score)")
     async def model_info() -> dict[str, Any]:
         return {"model": run.model_name, "private_rows": {name: list(shape) for name, shape in row_shapes.items()},
-                "similarity_tables": [] if state.vectors is None else _tables(run)}
+                "similarity_tables": state.tables}
 
     @app.get("/recommend", response_model=Recommendations, summary="Top-K unseen items for a user")
     async def recommend(user: Annotated[str, Query(description="raw user ID")],
@@ -300,7 +301,7 @@ def build_app(state: ServingState, demo: bool = True, max_body_bytes: int = DEFA
             raise HTTPException(422, f"the {run.model_name} model has no item vectors to compare")
         _check_k(k, state.num_items - 1, "besides the item itself")
         ranked = similar_items(state.vectors, index, k)
-        return {"item": item, "title": run.dataset.item_titles[index], "k": k, "tables": _tables(run),
+        return {"item": item, "title": run.dataset.item_titles[index], "k": k, "tables": state.tables,
                 "items": ranked_records(run, ranked, "similarity")}
 
     @app.get("/items", summary="The catalogue, one page at a time")
@@ -355,12 +356,6 @@ def build_app(state: ServingState, demo: bool = True, max_body_bytes: int = DEFA
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
-
-
-def _tables(run: TrainedRun) -> list[str]:
-    from fedrec.serving.recommend import item_embedding_tables
-
-    return item_embedding_tables(run)
 
 
 def app_from_environment() -> FastAPI:
