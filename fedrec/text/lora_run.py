@@ -156,17 +156,15 @@ def served_params(config: RunConfig, exp: Experiment, tensors: dict[str, Tensor]
     evaluation does (same seed, same result).
     """
     saved = {k[len(SERVED) + 1:]: v.float() for k, v in tensors.items() if k.startswith(f"{SERVED}/")}
-    saved.update({name: tensors[f"shared/{name}"].float() for name in HEAD_NAMES if saved and f"shared/{name}" in tensors})
-    expected = {spec.name: spec.shape for spec in exp.model.param_specs()}
     if saved:
-        if {k: tuple(v.shape) for k, v in saved.items()} != expected:
+        saved.update({name: tensors[f"shared/{name}"].float() for name in HEAD_NAMES if f"shared/{name}" in tensors})
+        if {k: tuple(v.shape) for k, v in saved.items()} != {spec.name: spec.shape for spec in exp.model.param_specs()}:
             raise FedrecError(f"{path} does not match its {MODEL_NAME} config (served/ tensors {sorted(saved)} with "
                               "other shapes than the config's); was the dataset changed since training? retrain the run")
         return saved
     embedder = encoder_for(config, exp)
     state = initial_state(exp, embedder, config.train.seed)
-    missing = [f"shared/{k}" for k in state.shared if f"shared/{k}" not in tensors]
-    missing += [] if "private/user_vec" in tensors else ["private/user_vec"]
+    missing = _missing_state(tensors, state)
     shapes_differ = not missing and (tuple(tensors["private/user_vec"].shape) != tuple(state.user_vec.shape) or any(
         tuple(tensors[f"shared/{k}"].shape) != tuple(v.shape) for k, v in state.shared.items()))
     if missing or shapes_differ:
@@ -218,11 +216,15 @@ def _save(path: Path, state: LoraState, counters: dict[str, Any], config: RunCon
     save_checkpoint(path, tensors, dict(counters, round=state.round, config=config_to_json(config)))
 
 
+def _missing_state(tensors: dict[str, Tensor], state: LoraState) -> list[str]:
+    """Checkpoint keys of ``state`` (adapters, head, user vectors) that ``tensors`` lacks."""
+    keys = [f"shared/{k}" for k in state.shared] + ["private/user_vec"]
+    return [key for key in keys if key not in tensors]
+
+
 def _restore(path: Path, state: LoraState, config: RunConfig) -> tuple[LoraState, dict[str, Any]]:
     tensors, meta = load_checkpoint(path)
-    missing = [k for k in state.shared if f"shared/{k}" not in tensors] + (
-        [] if "private/user_vec" in tensors else ["user_vec"])
-    check_resumable(path, meta, bool(missing), config_to_json(config), _comparable, config.train.rounds,
+    check_resumable(path, meta, bool(_missing_state(tensors, state)), config_to_json(config), _comparable, config.train.rounds,
                     f"a checkpoint of this {MODEL_NAME} run")
     shared = {k: tensors[f"shared/{k}"] for k in state.shared}
     server = {k[len("server/"):]: v for k, v in tensors.items() if k.startswith("server/")}
