@@ -292,3 +292,16 @@ def test_optimiser_state_for_other_tensors_is_a_one_line_error(tmp_path):
     with pytest.raises(FedrecError) as info:
         train(config("centralized", 4), out, resume=True)
     assert "\n" not in str(info.value) and "without --resume" in str(info.value)
+
+
+def test_extending_a_finished_run_then_interrupting_leaves_it_unfinished(tmp_path):
+    """The earlier finish's metrics.json must not survive a resume that has rounds to go."""
+    out = tmp_path / "run"
+    train(config("federated", 2), out)
+    assert (out / "metrics.json").exists()
+    with pytest.raises(KeyboardInterrupt):
+        train(config("federated", 4), out, resume=True, on_round=stop_after(3))
+    assert not (out / "metrics.json").exists()  # so serving and reports see an unfinished run, not old figures
+    assert history_rounds(out) == [1, 2, 3]
+    metrics = train(config("federated", 4), out, resume=True)
+    assert metrics["rounds"] == 4 and json.loads((out / "metrics.json").read_text())["rounds"] == 4

@@ -28,8 +28,8 @@ from fedrec.federated.server_opt import ServerOptimizer
 from fedrec.generic.data import ClassificationTask, digits_arrays, majority_baseline, ml100k_genre_task, mnist_arrays, partition_task
 from fedrec.generic.federated import (GenericSettings, GenericState, LocalSGD, classification_metrics, model_params,
                                       personalised_accuracy, run_generic_round)
-from fedrec.runtime.checkpoint import (CHECKPOINT_NAME, atomic_write_text, check_resumable, finished_history,
-                                       load_checkpoint, save_checkpoint)
+from fedrec.runtime.checkpoint import (CHECKPOINT_NAME, atomic_write_text, check_resumable, discard_stale_metrics,
+                                       finished_history, load_checkpoint, save_checkpoint)
 
 RoundCallback = Callable[[dict[str, Any]], None]
 
@@ -244,6 +244,7 @@ def train_classifier(config_path: Path, overrides: list[str] | None, out_dir: Pa
     if resume and checkpoint.exists():
         state, counters = _restore(checkpoint, state, config)
         history = finished_history(history_path, state.round)
+        discard_stale_metrics(out_dir, state.round, config.train.rounds)
     atomic_write_text(out_dir / "config.json", _config_json(config) + "\n")
     if on_start is not None:
         on_start(state.round, config.train.rounds)

@@ -80,6 +80,13 @@ def check_resumable(path: Path, meta: dict[str, Any], missing: bool, config_json
                           f"set train.rounds >= {meta['round']} to resume it")
 
 
+def discard_stale_metrics(out_dir: Path, done_rounds: int, rounds: int) -> None:
+    """Remove the metrics.json of an earlier finish when a resumed run still has rounds to go: it no longer
+    describes the run, and an interruption must leave the run unfinished rather than finished with old figures."""
+    if done_rounds < rounds:
+        (out_dir / "metrics.json").unlink(missing_ok=True)
+
+
 def finished_history(path: Path, last_round: int) -> list[dict[str, Any]]:
     """The records of a run's history.jsonl up to ``last_round`` (those a resumed run keeps); [] without the file."""
     if not path.exists():

@@ -36,8 +36,8 @@ from fedrec.federated.robust import DefenceSettings, RobustSettings, ValidationS
 from fedrec.federated.server import FedAvgSettings, ServerState, download_bytes, run_round
 from fedrec.federated.server_opt import ServerOptimizer
 from fedrec.runtime.centralized import CentralSettings, make_optimizer, train_epoch, trained_leaves
-from fedrec.runtime.checkpoint import (CHECKPOINT_NAME, atomic_write_text, check_resumable, finished_history,
-                                       load_checkpoint, save_checkpoint)
+from fedrec.runtime.checkpoint import (CHECKPOINT_NAME, atomic_write_text, check_resumable, discard_stale_metrics,
+                                       finished_history, load_checkpoint, save_checkpoint)
 from fedrec.runtime.experiment import Experiment, prepare
 from fedrec.models.base import ParamKind
 from fedrec.privacy.dp import CentralDP
@@ -408,6 +408,7 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False, on_round: Roun
     run = _Run(config, exp, out_dir)
     if resume and checkpoint.exists():
         run.restore(checkpoint)
+        discard_stale_metrics(out_dir, run.round, config.train.rounds)
     atomic_write_text(out_dir / "config.json", config_to_json(config) + "\n")
     if on_start is not None:
         on_start(run.round, config.train.rounds)

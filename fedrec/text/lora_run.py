@@ -28,8 +28,8 @@ from torch import Tensor
 from fedrec.config import RunConfig, config_to_json
 from fedrec.errors import FedrecError
 from fedrec.federated.server_opt import ServerOptimizer
-from fedrec.runtime.checkpoint import (CHECKPOINT_NAME, atomic_write_text, check_resumable, finished_history,
-                                       load_checkpoint, save_checkpoint)
+from fedrec.runtime.checkpoint import (CHECKPOINT_NAME, atomic_write_text, check_resumable, discard_stale_metrics,
+                                       finished_history, load_checkpoint, save_checkpoint)
 from fedrec.runtime.experiment import Experiment, prepare
 from fedrec.text.encoder import TextEncoder
 from fedrec.text.lora import (HEAD_NAMES, FrozenTable, ItemEmbedder, LocalSteps, LoraEncoder, LoraSettings, LoraState,
@@ -263,6 +263,7 @@ def train_lora(config: RunConfig, out_dir: Path, resume: bool = False, on_round:
     if resume and checkpoint.exists():
         state, counters = _restore(checkpoint, state, config)
         history = finished_history(history_path, state.round)
+        discard_stale_metrics(out_dir, state.round, config.train.rounds)
     comm = communication(embedder, state)
     _print(communication_note(comm, config))
     atomic_write_text(out_dir / "config.json", config_to_json(config) + "\n")
