@@ -158,6 +158,54 @@ def test_in_process_deployment_equals_the_simulator(tmp_path, extra):
         assert (tmp_path / "dep" / name).is_file()
 
 
+TEXT = ["data.name=synthetic", "data.num_users=30", "data.num_items=24", "data.mean_interactions=8",
+        "data.split=leave_last_out", "model.dim=6", "model.text_dim=5", "model.text_max_length=12",
+        "model.negatives=2", "train.rounds=3", "train.batch_size=4", "train.client_fraction=0.5",
+        "train.server_optimizer='adam'", "train.server_lr=0.05", "train.eval_every=3", "eval.ks=[5]",
+        "eval.sampled_negatives=0"]
+
+
+class RecordingNodes(InProcessNodes):
+    """In-process nodes that note the tensor names of every shared model the server sends."""
+
+    def __init__(self, views):
+        super().__init__(views)
+        self.sent_names: set[str] = set()
+
+    def exchange(self, requests, message_type, round_index, timeout):
+        for request in requests.values():
+            if "shared" in request.array_records:
+                self.sent_names.update(request.array_records["shared"].keys())
+        return super().exchange(requests, message_type, round_index, timeout)
+
+
+@pytest.mark.parametrize("model", ["text_bpr", "tower_mf"])
+def test_text_models_deploy_to_the_simulators_model_without_sending_the_text(model, tmp_path, monkeypatch):
+    """The nodes build the item text embeddings from the public item data; the server takes them from the nodes'
+    query replies, checks they agree, and never sends the constant table in a round."""
+    monkeypatch.setenv("FEDREC_CACHE", str(tmp_path / "cache"))
+    config = load_config(None, [*TEXT, f"model.name={model}"])
+    simulated = train(config, tmp_path / "sim")
+    nodes = RecordingNodes([load_node(config, k, 3) for k in range(3)])
+    metrics = run_federation(config, nodes, tmp_path / "dep", expected_nodes=3)
+    _assert_same_shared(tmp_path / "sim", tmp_path / "dep", atol=1e-6)
+    assert "param/item_text" in _shared_tensors(tmp_path / "dep")  # the run's checkpoint still holds the full model
+    key = "ndcg@5" if model == "text_bpr" else "rmse"
+    assert metrics[key] == pytest.approx(simulated[key], abs=1e-6)
+    assert nodes.sent_names and "item_text" not in nodes.sent_names
+    assert "adapter_w" in nodes.sent_names
+
+
+def test_nodes_with_different_item_text_are_refused_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEDREC_CACHE", str(tmp_path / "cache"))
+    config = load_config(None, [*TEXT, "model.name=text_bpr"])
+    other = load_config(None, [*TEXT, "model.name=text_bpr", "model.text_max_length=4"])  # other truncation
+    nodes = InProcessNodes([load_node(config, 0, 2), load_node(other, 1, 2)])
+    with pytest.raises(FedrecError, match="different item text embeddings") as info:
+        run_federation(config, nodes, tmp_path / "dep", expected_nodes=2)
+    assert "\n" not in str(info.value)
+
+
 def test_in_process_private_rows_stay_on_their_node(tmp_path):
     config = load_config(None, SYNTHETIC)
     views = [load_node(config, k, 2) for k in range(2)]
@@ -395,6 +443,6 @@ def test_settings_the_deployment_does_not_implement_are_refused():
     check_deployable(load_config(None, SYNTHETIC + ["privacy.noise_multiplier=1.0", "privacy.delta=1e-5"]))
     with pytest.raises(FedrecError, match=r"\[attack\]"):
         check_deployable(load_config(None, SYNTHETIC + ["attack.method='random'", "attack.num_targets=2"]))
-    if "tower_bpr" in str(RunConfig.model_fields["model"].annotation.model_fields["name"].annotation):
+    if "sasrec" in str(RunConfig.model_fields["model"].annotation.model_fields["name"].annotation):
         with pytest.raises(FedrecError, match="not supported in deployment"):
-            check_deployable(load_config(None, SYNTHETIC + ["model.name='tower_bpr'"]))
+            check_deployable(load_config(None, SYNTHETIC + ["model.name='sasrec'"]))

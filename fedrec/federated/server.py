@@ -110,8 +110,10 @@ def upload_bytes(model: RecModel, update: CohortUpdate) -> int:
 
 def download_bytes(model: RecModel, num_clients: int) -> int:
     """Bytes the server sends: the full shared model to every client (downloading only the rows a
-    client needs would tell the server which items it holds)."""
-    return num_clients * sum(parameter_bytes(spec) for spec in model.param_specs() if spec.is_shared)
+    client needs would tell the server which items it holds). Constant tables (``trainable=False``, the
+    text models' item embeddings) are not sent: clients build them from the public item data, as the
+    deployment's nodes do."""
+    return num_clients * sum(parameter_bytes(spec) for spec in model.param_specs() if spec.is_uploaded)
 
 
 def full_upload_bytes(model: RecModel, num_clients: int) -> int:

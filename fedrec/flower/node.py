@@ -4,7 +4,8 @@ A node is given the job config and its partition (``partition-id`` of ``num-part
 only the interactions of its own clients' users; their private rows (user vectors) live in the
 node's state between rounds and never leave it. Training calls the simulator's backend on the
 node's part of the cohort with the same (seed, round, client) keyed randomness, so each client
-computes exactly what it computes in the simulator.
+computes exactly what it computes in the simulator. Constant tables (the text models' item
+embeddings) are built on the node from the public item data and reported once, in the query reply.
 
 The handlers take and return Flower ``RecordDict`` s and are used unchanged by the Flower
 ClientApp (:mod:`fedrec.flower.app`) and by the in-process transport of the tests.
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -38,6 +39,7 @@ from fedrec.models.registry import IMPLICIT_MODELS
 # record names used in messages and node state
 INFO, TASK, SHARED, UPDATE, RESULT, METRICS, CLIENTS, PRIVATE = (
     "info", "task", "shared", "update", "result", "metrics", "clients", "private")
+CONSTANTS = "constants"  # in a query reply: the model's constant shared tables (text models: item_text)
 RESIDUALS = "residuals"  # node state: its clients' compression residuals
 FINAL_REFIT = "final_refit"  # in an evaluate message: refit the private rows first (train.refit_private_epochs)
 RANKING_KEYS = ("hr", "ndcg", "recall", "mrr")  # per-user means that combine exactly across nodes
@@ -70,6 +72,7 @@ class NodeView:
     num_users: int
     num_items: int
     ranking: bool
+    constants: dict[str, Tensor] = field(default_factory=dict)  # constant shared tables, built here, never sent
 
 
 def load_node(config: RunConfig, partition_id: int, num_partitions: int) -> NodeView:
@@ -92,7 +95,8 @@ def load_node(config: RunConfig, partition_id: int, num_partitions: int) -> Node
     evaluator = Evaluator(exp.model, split, ranking, exp.dataset.rating_range, config.eval.ks,
                           config.eval.sampled_negatives, config.eval.seed)
     return NodeView(config, exp.model, partition_id, num_partitions, clients, np.flatnonzero(is_own_user), data,
-                    split, evaluator, exp.partition.num_clients, exp.dataset.num_users, exp.dataset.num_items, ranking)
+                    split, evaluator, exp.partition.num_clients, exp.dataset.num_users, exp.dataset.num_items, ranking,
+                    constant_tables(exp.model))
 
 
 def describe(view: NodeView) -> RecordDict:
@@ -107,7 +111,19 @@ def describe(view: NodeView) -> RecordDict:
         info["rating_low"], info["rating_high"] = (float(v) for v in view.evaluator.rating_range)
     clients = ArrayRecord({"clients": torch.from_numpy(view.clients.astype(np.int64)),
                            "sizes": torch.from_numpy(view.data.sizes[view.clients].astype(np.int64))})
-    return RecordDict({INFO: info, CLIENTS: clients})
+    content = {INFO: info, CLIENTS: clients}
+    if view.constants:  # built from public item data on the node (text models: the encoder's item embeddings)
+        content[CONSTANTS] = tensors_to_record(view.constants)
+    return RecordDict(content)
+
+
+def constant_tables(model: RecModel) -> dict[str, Tensor]:
+    """The model's shared tables that nobody trains (``trainable=False``), at their fixed values."""
+    names = [spec.name for spec in model.param_specs() if spec.is_shared and not spec.trainable]
+    if not names:
+        return {}
+    values = model.init_params(torch.Generator().manual_seed(0))
+    return {name: values[name] for name in names}
 
 
 def private_rows(view: NodeView, state: RecordDict) -> dict[str, Tensor]:
@@ -127,9 +143,9 @@ def store_private_rows(view: NodeView, state: RecordDict, params: dict[str, Tens
 
 
 def full_params(view: NodeView, shared: dict[str, Tensor], private: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Model parameters with full shapes: the server's shared tensors and this node's private rows
-    (other users' rows are zero and never read)."""
-    params = dict(shared)
+    """Model parameters with full shapes: the server's shared tensors, the node's own constant tables and
+    its private rows (other users' rows are zero and never read)."""
+    params = {**view.constants, **shared}
     users = torch.from_numpy(view.users)
     for spec in view.model.specs_by_kind(ParamKind.PRIVATE_ROWS):
         table = torch.zeros(spec.shape, dtype=private[spec.name].dtype)
