@@ -41,14 +41,15 @@ def _shared_tensors(path: Path) -> dict[str, torch.Tensor]:
     return {k: v for k, v in tensors.items() if k.startswith(("param/", "server/"))}
 
 
-def _assert_same_shared(simulated: Path, deployed: Path, atol: float = 1e-5) -> None:
+def _assert_same_shared(simulated: Path, deployed: Path, atol: float = 1e-5, has_private_rows: bool = True) -> None:
     deployed_tensors = _shared_tensors(deployed)
     simulated_tensors = _shared_tensors(simulated)
     assert deployed_tensors, "the deployment wrote no parameters"
     for name, value in deployed_tensors.items():
         torch.testing.assert_close(value, simulated_tensors[name], atol=atol, rtol=0, msg=name)
     private = [k for k in simulated_tensors if k.startswith("param/user")]
-    assert private and not any(k in deployed_tensors for k in private), "private rows must stay on the nodes"
+    assert bool(private) == has_private_rows and not any(k in deployed_tensors for k in private), \
+        "private rows must stay on the nodes"
 
 
 # -- pure pieces -------------------------------------------------------------------------------
@@ -194,6 +195,28 @@ def test_text_models_deploy_to_the_simulators_model_without_sending_the_text(mod
     assert metrics[key] == pytest.approx(simulated[key], abs=1e-6)
     assert nodes.sent_names and "item_text" not in nodes.sent_names
     assert "adapter_w" in nodes.sent_names
+
+
+SASREC = ["data.name=synthetic", "data.num_users=30", "data.num_items=24", "data.mean_interactions=8",
+          "data.split=leave_last_out", "model.name=sasrec", "model.dim=8", "model.blocks=1", "model.max_history=6",
+          "model.negatives=5", "model.text_dim=8", "train.rounds=3", "train.batch_size=4", "train.client_fraction=0.5",
+          "train.server_optimizer='adam'", "train.server_lr=0.05", "train.eval_every=3", "eval.ks=[5]",
+          "eval.sampled_negatives=0"]
+
+
+@pytest.mark.parametrize("item_init", ["random", "text"])
+def test_sasrec_deploys_to_the_simulators_model(item_init, tmp_path, monkeypatch):
+    """Each node trains its own users' windows and ranks from their histories; with item_init=text the server
+    starts the item embeddings from the nodes' text embeddings, as fedrec train does from the encoder."""
+    monkeypatch.setenv("FEDREC_CACHE", str(tmp_path / "cache"))
+    config = load_config(None, [*SASREC, f"model.item_init={item_init}"])
+    simulated = train(config, tmp_path / "sim")
+    nodes = InProcessNodes([load_node(config, k, 3) for k in range(3)])
+    metrics = run_federation(config, nodes, tmp_path / "dep", expected_nodes=3)
+    _assert_same_shared(tmp_path / "sim", tmp_path / "dep", atol=1e-6, has_private_rows=False)  # SASRec has no user rows
+    for key in ("hr@5", "ndcg@5", "mrr@5"):
+        assert metrics[key] == pytest.approx(simulated[key], abs=1e-6), key
+    assert 0 < metrics["hr@5"] < 1
 
 
 def test_nodes_with_different_item_text_are_refused_in_one_line(tmp_path, monkeypatch):
@@ -443,6 +466,6 @@ def test_settings_the_deployment_does_not_implement_are_refused():
     check_deployable(load_config(None, SYNTHETIC + ["privacy.noise_multiplier=1.0", "privacy.delta=1e-5"]))
     with pytest.raises(FedrecError, match=r"\[attack\]"):
         check_deployable(load_config(None, SYNTHETIC + ["attack.method='random'", "attack.num_targets=2"]))
-    if "sasrec" in str(RunConfig.model_fields["model"].annotation.model_fields["name"].annotation):
+    if "lora_bpr" in str(RunConfig.model_fields["model"].annotation.model_fields["name"].annotation):
         with pytest.raises(FedrecError, match="not supported in deployment"):
-            check_deployable(load_config(None, SYNTHETIC + ["model.name='sasrec'"]))
+            check_deployable(load_config(None, SYNTHETIC + ["model.name='lora_bpr'"]))

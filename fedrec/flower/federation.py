@@ -43,8 +43,8 @@ from fedrec.flower.codec import (merge_in_cohort_order, record_to_tensors, recor
                                  tensors_to_record)
 from fedrec.flower.codec import record_to_upload
 from fedrec.flower.local_dp import mean_of_noisy_sums
-from fedrec.flower.node import (CLIENTS, CONSTANTS, FINAL_REFIT, INFO, METRICS, RESULT, SHARED, TASK, UPDATE,
-                                combine_metrics)
+from fedrec.flower.node import (CLIENTS, FINAL_REFIT, INFO, METRICS, RESULT, SHARED, TASK, UPDATE,
+                                ITEM_INPUTS, combine_metrics)
 from fedrec.models.base import RecModel, num_catalogue_items
 from fedrec.models.registry import IMPLICIT_MODELS, build_model, model_options
 from fedrec.privacy.cohort_sum import sum_layout
@@ -80,7 +80,7 @@ class Population:
     num_items: int
     global_mean: float
     rating_range: tuple[float, float] | None = None  # the public rating scale, when the data has one
-    constants: dict[str, Tensor] = field(default_factory=dict)  # constant shared tables (text models: item_text)
+    item_inputs: dict[str, Tensor] = field(default_factory=dict)  # public item tensors the model is built from
 
 
 def wait_for_nodes(transport: Transport, expected: int, timeout: float, poll: float = 0.25) -> list[int]:
@@ -127,12 +127,12 @@ def discover(transport: Transport, nodes: list[int], timeout: float) -> Populati
     count = sum(int(info["rating_count"]) for info in infos.values())
     rating_range = (float(first["rating_low"]), float(first["rating_high"])) if "rating_low" in first else None
     return Population(list(nodes), owner, sizes, int(first["num_users"]), int(first["num_items"]), total / max(count, 1),
-                      rating_range, agreed_constants(replies))
+                      rating_range, agreed_item_inputs(replies))
 
 
-def agreed_constants(replies: dict[int, RecordDict]) -> dict[str, Tensor]:
-    """The constant tables every node built from the public item data (text models: item_text); they must agree."""
-    tables = [record_to_tensors(reply.array_records[CONSTANTS]) if CONSTANTS in reply.array_records else {}
+def agreed_item_inputs(replies: dict[int, RecordDict]) -> dict[str, Tensor]:
+    """The public item tensors every node built the model from (the item text embeddings); they must agree."""
+    tables = [record_to_tensors(reply.array_records[ITEM_INPUTS]) if ITEM_INPUTS in reply.array_records else {}
               for reply in replies.values()]
     first = tables[0]
     for other in tables[1:]:
@@ -142,9 +142,10 @@ def agreed_constants(replies: dict[int, RecordDict]) -> dict[str, Tensor]:
     return first
 
 
-def sent_record(shared: dict[str, Tensor], population: Population) -> ArrayRecord:
+def sent_record(shared: dict[str, Tensor], model: RecModel) -> ArrayRecord:
     """The shared tensors the server sends: every node already holds the constant tables it built."""
-    return tensors_to_record({name: value for name, value in shared.items() if name not in population.constants})
+    constant = {spec.name for spec in model.param_specs() if spec.is_shared and not spec.trainable}
+    return tensors_to_record({name: value for name, value in shared.items() if name not in constant})
 
 
 def server_model(config: RunConfig, population: Population) -> RecModel:
@@ -153,7 +154,7 @@ def server_model(config: RunConfig, population: Population) -> RecModel:
     if "global_mean" in model_options(config.model.name):
         options["global_mean"] = float(np.float32(population.global_mean))
     return build_model(config.model.name, options, population.num_users, population.num_items,
-                       item_text=population.constants.get("item_text"))
+                       item_text=population.item_inputs.get("item_text"))
 
 
 def _save(out_dir: Path, shared: dict[str, Tensor], server_state: dict[str, Tensor], meta: dict[str, Any],
@@ -177,7 +178,7 @@ def _evaluate(transport: Transport, nodes: list[int], shared_record: ArrayRecord
     return combine_metrics(parts, ranking)
 
 
-DEPLOYABLE_MODELS = ("mf", "bpr", "ncf", "text_bpr", "text_mf", "tower_bpr", "tower_mf")
+DEPLOYABLE_MODELS = ("mf", "bpr", "ncf", "text_bpr", "text_mf", "tower_bpr", "tower_mf", "sasrec")
 
 
 def check_deployable(config: RunConfig) -> None:
@@ -257,7 +258,7 @@ def run_federation(config: RunConfig, transport: Transport, out_dir: Path, expec
             break
         cohort = sample_cohort(len(population.sizes), settings.client_fraction, config.train.seed, round_index, eligible,
                                settings.sampling)
-        shared_record = sent_record(shared, population)
+        shared_record = sent_record(shared, model)
         requests: dict[int, RecordDict] = {}
         positions: dict[int, np.ndarray] = {}
         for node in live:
@@ -318,7 +319,7 @@ def run_federation(config: RunConfig, transport: Transport, out_dir: Path, expec
         record.update(privacy_spent(config, privacy, rounds_done, privacy_state))
         last = rounds_done == config.train.rounds
         if rounds_done % config.train.eval_every == 0 or last:
-            final = _evaluate(transport, live, sent_record(shared, population), rounds_done, round_timeout, ranking,
+            final = _evaluate(transport, live, sent_record(shared, model), rounds_done, round_timeout, ranking,
                               final_refit=last and bool(config.train.refit_private_epochs))
             final_round = rounds_done
             record.update(final)
@@ -331,7 +332,7 @@ def run_federation(config: RunConfig, transport: Transport, out_dir: Path, expec
         if on_round is not None:
             on_round(record)
     if final_round != rounds_done:  # stopped by the privacy budget between evaluations: evaluate the final model
-        final = _evaluate(transport, live, sent_record(shared, population), rounds_done, round_timeout, ranking)
+        final = _evaluate(transport, live, sent_record(shared, model), rounds_done, round_timeout, ranking)
     if stop_reason is not None:
         _save(out_dir, shared, server_state, _checkpoint_meta(config, {"round": rounds_done, "seconds": round(
             time.perf_counter() - began, 4)}, bytes_up, bytes_down, privacy), privacy_state)

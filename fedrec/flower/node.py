@@ -35,11 +35,12 @@ from fedrec.federated.server import BACKENDS, write_private_rows
 from fedrec.flower.codec import record_to_tensors, tensors_to_record, update_to_record
 from fedrec.models.base import ParamKind, RecModel
 from fedrec.models.registry import IMPLICIT_MODELS
+from fedrec.models.sequence import SASRec, SequenceEvaluator, prepare_sequence
 
 # record names used in messages and node state
 INFO, TASK, SHARED, UPDATE, RESULT, METRICS, CLIENTS, PRIVATE = (
     "info", "task", "shared", "update", "result", "metrics", "clients", "private")
-CONSTANTS = "constants"  # in a query reply: the model's constant shared tables (text models: item_text)
+ITEM_INPUTS = "item_inputs"  # in a query reply: the public item tensors the model is built from (item_text)
 RESIDUALS = "residuals"  # node state: its clients' compression residuals
 FINAL_REFIT = "final_refit"  # in an evaluate message: refit the private rows first (train.refit_private_epochs)
 RANKING_KEYS = ("hr", "ndcg", "recall", "mrr")  # per-user means that combine exactly across nodes
@@ -73,6 +74,7 @@ class NodeView:
     num_items: int
     ranking: bool
     constants: dict[str, Tensor] = field(default_factory=dict)  # constant shared tables, built here, never sent
+    item_inputs: dict[str, Tensor] = field(default_factory=dict)  # public item tensors the model is built from
 
 
 def load_node(config: RunConfig, partition_id: int, num_partitions: int) -> NodeView:
@@ -89,14 +91,22 @@ def load_node(config: RunConfig, partition_id: int, num_partitions: int) -> Node
 
     validation = own(exp.split.validation) if exp.split.validation is not None else None
     split = Split(own(exp.split.train), own(exp.split.test), validation, exp.split.name)
-    data = ClientData.from_interactions(split.train, exp.partition.client_of_user, exp.partition.num_clients,
-                                        num_items=exp.dataset.num_items)
     ranking = config.model.name in IMPLICIT_MODELS
-    evaluator = Evaluator(exp.model, split, ranking, exp.dataset.rating_range, config.eval.ks,
-                          config.eval.sampled_negatives, config.eval.seed)
-    return NodeView(config, exp.model, partition_id, num_partitions, clients, np.flatnonzero(is_own_user), data,
+    model = exp.model
+    if isinstance(model, SASRec):  # its own users' training windows; it ranks from their latest histories
+        data, model, validation_histories, _ = prepare_sequence(model, split, exp.partition.client_of_user,
+                                                                exp.partition.num_clients)
+        evaluator: Evaluator = SequenceEvaluator(model, split, ranking, exp.dataset.rating_range, config.eval.ks,
+                                                 config.eval.sampled_negatives, config.eval.seed,
+                                                 validation_histories=validation_histories)
+    else:
+        data = ClientData.from_interactions(split.train, exp.partition.client_of_user, exp.partition.num_clients,
+                                            num_items=exp.dataset.num_items)
+        evaluator = Evaluator(model, split, ranking, exp.dataset.rating_range, config.eval.ks,
+                              config.eval.sampled_negatives, config.eval.seed)
+    return NodeView(config, model, partition_id, num_partitions, clients, np.flatnonzero(is_own_user), data,
                     split, evaluator, exp.partition.num_clients, exp.dataset.num_users, exp.dataset.num_items, ranking,
-                    constant_tables(exp.model))
+                    constant_tables(model), item_inputs(model))
 
 
 def describe(view: NodeView) -> RecordDict:
@@ -112,9 +122,16 @@ def describe(view: NodeView) -> RecordDict:
     clients = ArrayRecord({"clients": torch.from_numpy(view.clients.astype(np.int64)),
                            "sizes": torch.from_numpy(view.data.sizes[view.clients].astype(np.int64))})
     content = {INFO: info, CLIENTS: clients}
-    if view.constants:  # built from public item data on the node (text models: the encoder's item embeddings)
-        content[CONSTANTS] = tensors_to_record(view.constants)
+    if view.item_inputs:  # built from public item data on the node (the encoder's item embeddings)
+        content[ITEM_INPUTS] = tensors_to_record(view.item_inputs)
     return RecordDict(content)
+
+
+def item_inputs(model: RecModel) -> dict[str, Tensor]:
+    """What the model was built from besides its sizes: the item text embeddings of the text models and of
+    SASRec with ``item_init = "text"`` (public item data, so the server may take them from the nodes)."""
+    item_text = getattr(model, "item_text", None)
+    return {"item_text": item_text} if item_text is not None else {}
 
 
 def constant_tables(model: RecModel) -> dict[str, Tensor]:
