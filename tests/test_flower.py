@@ -141,7 +141,11 @@ def test_merge_refuses_overlapping_positions():
     ["data.clients='silos'", "data.num_silos=7", "train.client_fraction=1.0"],  # cross-silo
     ["model.name='bpr'", "eval.sampled_negatives=0"],  # implicit feedback: negatives, ranking metrics
     ["train.refit_private_epochs=2", "train.refit_private_lr=0.05"],  # the nodes refit at the final evaluation
-], ids=["per-user-mf", "silos-mf", "per-user-bpr", "per-user-mf-refit"])
+    # the nodes fine-tune a copy per client at the final evaluation (after the refit), as fedrec train does
+    ["model.name='bpr'", "eval.sampled_negatives=0", "eval.finetune_epochs=2", "eval.mix_beta=0.5",
+     "train.refit_private_epochs=1", "train.refit_private_lr=0.05"],
+    ["eval.finetune_epochs=1", "data.split='leave_last_out'"],
+], ids=["per-user-mf", "silos-mf", "per-user-bpr", "per-user-mf-refit", "per-user-bpr-finetune", "per-user-mf-finetune"])
 def test_in_process_deployment_equals_the_simulator(tmp_path, extra):
     config = load_config(None, SYNTHETIC + extra)
     train(config, tmp_path / "sim")
@@ -151,9 +155,16 @@ def test_in_process_deployment_equals_the_simulator(tmp_path, extra):
     simulated = __import__("json").loads((tmp_path / "sim" / "metrics.json").read_text())
     key = "rmse" if config.model.name == "mf" else "hr@10"
     assert metrics[key] == pytest.approx(simulated[key], abs=1e-6)
-    if config.train.refit_private_epochs:
+    if config.train.refit_private_epochs and key == "rmse":
         assert metrics["before_refit_rmse"] == pytest.approx(simulated["before_refit_rmse"], abs=1e-6)
         assert metrics["rmse"] < metrics["before_refit_rmse"]
+    if config.eval.finetune_epochs:
+        finetuned = sorted(k for k in simulated if k.startswith("finetuned_") and k.split("@")[0][10:] in
+                           ("hr", "ndcg", "recall", "mrr", "rmse", "mae"))
+        assert finetuned and all(k in metrics for k in finetuned)
+        for name in finetuned:
+            assert metrics[name] == pytest.approx(simulated[name], abs=1e-6), name
+        assert any(metrics[name] != metrics[name[len("finetuned_"):]] for name in finetuned)  # it did fine-tune
     assert metrics["nodes_finished"] == 3 and metrics["bytes_up"] > 0 and metrics["bytes_down"] > 0
     for name in ("config.json", "history.jsonl", "metrics.json", CHECKPOINT_NAME):
         assert (tmp_path / "dep" / name).is_file()
@@ -272,7 +283,7 @@ def test_missing_nodes_and_bad_partitions_fail_clearly(tmp_path):
         run_federation(config, InProcessNodes([load_node(config, 0, 2), load_node(config, 0, 2)]), tmp_path / "b",
                        expected_nodes=2)
     for setting, message in [("train.mode='centralized'", "train.mode=federated"),
-                             ("eval.finetune_epochs=1", "finetune_epochs")]:
+                             ("model.name='lora_bpr'", "not supported in deployment")]:
         with pytest.raises(FedrecError, match=message):
             run_federation(load_config(None, SYNTHETIC + [setting]), InProcessNodes([]), tmp_path / "c",
                            expected_nodes=1)

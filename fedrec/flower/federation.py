@@ -43,7 +43,7 @@ from fedrec.flower.codec import (merge_in_cohort_order, record_to_tensors, recor
                                  tensors_to_record)
 from fedrec.flower.codec import record_to_upload
 from fedrec.flower.local_dp import mean_of_noisy_sums
-from fedrec.flower.node import (CLIENTS, FINAL_REFIT, INFO, METRICS, RESULT, SHARED, TASK, UPDATE,
+from fedrec.flower.node import (CLIENTS, FINAL_REFIT, FINETUNE, INFO, METRICS, RESULT, SHARED, TASK, UPDATE,
                                 ITEM_INPUTS, combine_metrics)
 from fedrec.models.base import RecModel, num_catalogue_items
 from fedrec.models.registry import IMPLICIT_MODELS, build_model, model_options
@@ -166,10 +166,15 @@ def _save(out_dir: Path, shared: dict[str, Tensor], server_state: dict[str, Tens
 
 
 def _evaluate(transport: Transport, nodes: list[int], shared_record: ArrayRecord, round_index: int, timeout: float,
-              ranking: bool, final_refit: bool = False) -> dict[str, float]:
+              ranking: bool, final_refit: bool = False, finetune: bool = False) -> dict[str, float]:
     """Metrics of the shared model over every live node's users; ``final_refit``: the nodes first refit their
-    users' private rows to it (train.refit_private_epochs, the run's last evaluation)."""
-    content = {SHARED: shared_record, **({FINAL_REFIT: ConfigRecord({"refit": 1})} if final_refit else {})}
+    users' private rows to it (train.refit_private_epochs, the run's last evaluation); ``finetune``: they
+    also report each client's fine-tuned copy (eval.finetune_epochs, the run's final metrics)."""
+    content: dict[str, Any] = {SHARED: shared_record}
+    if final_refit:
+        content[FINAL_REFIT] = ConfigRecord({"refit": 1})
+    if finetune:
+        content[FINETUNE] = ConfigRecord({"finetune": 1})
     replies = transport.exchange({n: RecordDict(content) for n in nodes}, "evaluate", round_index, timeout)
     parts = [json.loads(str(reply.config_records[METRICS]["json"])) for reply in replies.values()]
     if not parts:
@@ -185,8 +190,6 @@ def check_deployable(config: RunConfig) -> None:
     """Refuse, in one line, settings the deployment does not implement (rather than train something else)."""
     if config.train.mode != "federated":
         raise FedrecError("deployment runs federated jobs; set train.mode=federated (centralised runs use fedrec train)")
-    if config.eval.finetune_epochs:
-        raise FedrecError("eval.finetune_epochs is not supported in deployment yet; set it to 0 or use fedrec train")
     if config.model.name not in DEPLOYABLE_MODELS:
         raise FedrecError(f"model.name={config.model.name!r} is not supported in deployment yet; "
                           f"use one of {', '.join(DEPLOYABLE_MODELS)} or fedrec train")
@@ -320,9 +323,10 @@ def run_federation(config: RunConfig, transport: Transport, out_dir: Path, expec
         last = rounds_done == config.train.rounds
         if rounds_done % config.train.eval_every == 0 or last:
             final = _evaluate(transport, live, sent_record(shared, model), rounds_done, round_timeout, ranking,
-                              final_refit=last and bool(config.train.refit_private_epochs))
+                              final_refit=last and bool(config.train.refit_private_epochs),
+                              finetune=last and bool(config.eval.finetune_epochs))
             final_round = rounds_done
-            record.update(final)
+            record.update({key: value for key, value in final.items() if not key.startswith("finetuned_")})
         record["seconds"] = round(time.perf_counter() - began, 4)
         history.append(record)
         if rounds_done % config.train.checkpoint_every == 0 or last:  # before the history line that announces it
@@ -331,8 +335,11 @@ def run_federation(config: RunConfig, transport: Transport, out_dir: Path, expec
         atomic_write_text(out_dir / "history.jsonl", "".join(json.dumps(entry) + "\n" for entry in history))
         if on_round is not None:
             on_round(record)
-    if final_round != rounds_done:  # stopped by the privacy budget between evaluations: evaluate the final model
-        final = _evaluate(transport, live, sent_record(shared, model), rounds_done, round_timeout, ranking)
+    finetuned = any(key.startswith("finetuned_") for key in final)
+    if final_round != rounds_done or (config.eval.finetune_epochs and not finetuned):
+        # stopped by the privacy budget: evaluate the final model (and its fine-tuned copies) once more
+        final = _evaluate(transport, live, sent_record(shared, model), rounds_done, round_timeout, ranking,
+                          finetune=bool(config.eval.finetune_epochs))
     if stop_reason is not None:
         _save(out_dir, shared, server_state, _checkpoint_meta(config, {"round": rounds_done, "seconds": round(
             time.perf_counter() - began, 4)}, bytes_up, bytes_down, privacy), privacy_state)

@@ -29,7 +29,7 @@ from fedrec.eval.protocol import Evaluator
 from fedrec.federated.aggregation import CohortUpdate
 from fedrec.federated.cohort import ClientData
 from fedrec.federated.local import LocalTraining
-from fedrec.federated.personalize import refit_private_rows
+from fedrec.federated.personalize import Personalization, finetune, refit_private_rows
 from fedrec.federated.rng import seeded_torch
 from fedrec.federated.server import BACKENDS, write_private_rows
 from fedrec.flower.codec import record_to_tensors, tensors_to_record, update_to_record
@@ -43,6 +43,7 @@ INFO, TASK, SHARED, UPDATE, RESULT, METRICS, CLIENTS, PRIVATE = (
 ITEM_INPUTS = "item_inputs"  # in a query reply: the public item tensors the model is built from (item_text)
 RESIDUALS = "residuals"  # node state: its clients' compression residuals
 FINAL_REFIT = "final_refit"  # in an evaluate message: refit the private rows first (train.refit_private_epochs)
+FINETUNE = "finetune"  # in an evaluate message: also report every client fine-tuned locally (eval.finetune_epochs)
 RANKING_KEYS = ("hr", "ndcg", "recall", "mrr")  # per-user means that combine exactly across nodes
 
 
@@ -75,6 +76,7 @@ class NodeView:
     ranking: bool
     constants: dict[str, Tensor] = field(default_factory=dict)  # constant shared tables, built here, never sent
     item_inputs: dict[str, Tensor] = field(default_factory=dict)  # public item tensors the model is built from
+    client_of_user: np.ndarray | None = None  # (num_users,) every user's client (fine-tuning maps users to copies)
 
 
 def load_node(config: RunConfig, partition_id: int, num_partitions: int) -> NodeView:
@@ -106,7 +108,7 @@ def load_node(config: RunConfig, partition_id: int, num_partitions: int) -> Node
                               config.eval.sampled_negatives, config.eval.seed)
     return NodeView(config, model, partition_id, num_partitions, clients, np.flatnonzero(is_own_user), data,
                     split, evaluator, exp.partition.num_clients, exp.dataset.num_users, exp.dataset.num_items, ranking,
-                    constant_tables(model), item_inputs(model))
+                    constant_tables(model), item_inputs(model), exp.partition.client_of_user)
 
 
 def describe(view: NodeView) -> RecordDict:
@@ -239,6 +241,8 @@ def handle_evaluate(view: NodeView, state: RecordDict, content: RecordDict) -> R
     With ``FINAL_REFIT`` in the message (the run's last evaluation and train.refit_private_epochs > 0),
     the node first refits its users' private rows to this shared model, as the simulator does after
     its last round, keeps them, and reports the metrics before the refit under ``before_refit_``.
+    With ``FINETUNE`` (eval.finetune_epochs > 0), it also fine-tunes a copy of the model for each of its
+    clients, as the simulator's final metrics do, and reports those under ``finetuned_``.
     """
     shared = record_to_tensors(content.array_records[SHARED])
     params = full_params(view, shared, private_rows(view, state))
@@ -251,17 +255,25 @@ def handle_evaluate(view: NodeView, state: RecordDict, content: RecordDict) -> R
         metrics = {**before, **node_metrics(view, params)}
     else:
         metrics = node_metrics(view, params)
+    epochs = view.config.eval.finetune_epochs
+    if FINETUNE in content.config_records and epochs:
+        local = LocalTraining(epochs, train.local_lr, train.batch_size, train.private_lr)
+        personal = finetune(view.model, params, view.data, view.client_of_user, local, train.seed,
+                            mix_beta=view.config.eval.mix_beta)
+        metrics.update(node_metrics(view, params, prefix="finetuned_", personal=personal, validation=False))
     return RecordDict({METRICS: ConfigRecord({"json": json.dumps(metrics)})})
 
 
-def node_metrics(view: NodeView, params: dict[str, Tensor], prefix: str = "") -> dict[str, float]:
-    """Metrics on this node's users plus the counts :func:`combine_metrics` weights them by."""
+def node_metrics(view: NodeView, params: dict[str, Tensor], prefix: str = "", personal: Personalization | None = None,
+                 validation: bool = True) -> dict[str, float]:
+    """Metrics on this node's users plus the counts :func:`combine_metrics` weights them by; ``personal``:
+    of each client's fine-tuned copy."""
     if not view.ranking:
-        out = dict(view.evaluator(params, prefix=prefix))
+        out = dict(view.evaluator(params, personal, prefix=prefix, validation=validation))
         out["count"] = len(view.split.test)
         out["val_count"] = len(view.split.validation) if view.split.validation is not None else 0
         return out
-    metrics = view.evaluator(params, validation=False)
+    metrics = view.evaluator(params, personal, validation=False)
     out = {prefix + k: v for k, v in metrics.items() if k.split("@")[0] in RANKING_KEYS}
     out["evaluated_users"] = int(metrics.get("evaluated_users", 0))
     return out
@@ -282,7 +294,7 @@ def combine_metrics(parts: list[dict[str, float]], ranking: bool) -> dict[str, f
             out[key] = sum(v * w for v, w in weighted) / total if total else math.nan
         out["evaluated_users"] = total
         return out
-    for prefix, count_key in ((stage + part, count) for stage in ("", "before_refit_")
+    for prefix, count_key in ((stage + part, count) for stage in ("", "before_refit_", "finetuned_")
                               for part, count in (("val_", "val_count"), ("", "count"))):
         weighted = [(p, int(p.get(count_key, 0))) for p in parts if p.get(count_key, 0)]
         total = sum(w for _, w in weighted)
