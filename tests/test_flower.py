@@ -6,6 +6,7 @@ same records). Tests marked slow start a real SuperLink and SuperNodes on loopba
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -480,3 +481,68 @@ def test_settings_the_deployment_does_not_implement_are_refused():
     if "lora_bpr" in str(RunConfig.model_fields["model"].annotation.model_fields["name"].annotation):
         with pytest.raises(FedrecError, match="not supported in deployment"):
             check_deployable(load_config(None, SYNTHETIC + ["model.name='lora_bpr'"]))
+
+
+# -- resume: an interrupted deployment continues to the uninterrupted one's model --------------------------
+
+
+def _stop_after(round_: int):
+    def on_round(record: dict) -> None:
+        if record["round"] == round_:
+            raise KeyboardInterrupt
+
+    return on_round
+
+
+RESUMED = ["train.rounds=4", "train.eval_every=2"]
+
+
+@pytest.mark.parametrize("extra", [
+    [],  # MF: user rows on the nodes, server Adam, half the clients per round
+    ["model.name='bpr'", "eval.sampled_negatives=0", "compression.topk=0.2"],  # + error-feedback residuals on the nodes
+    ["privacy.noise_multiplier=0.8", "privacy.delta=1e-3", "privacy.clip_norm=0.5"],  # + the server's DP state
+    ["train.refit_private_epochs=2", "train.refit_private_lr=0.05", "eval.finetune_epochs=1"],  # + the final steps
+], ids=["mf", "bpr-compressed", "mf-central-dp", "mf-refit-finetune"])
+def test_interrupted_deployment_resumes_to_the_uninterrupted_model(extra, tmp_path):
+    config = load_config(None, SYNTHETIC + RESUMED + extra)
+    straight = run_federation(config, InProcessNodes([load_node(config, k, 3, tmp_path / "s-nodes") for k in range(3)]),
+                              tmp_path / "straight", expected_nodes=3)
+    out, state_dir = tmp_path / "run", tmp_path / "nodes"
+    with pytest.raises(KeyboardInterrupt):
+        run_federation(config, InProcessNodes([load_node(config, k, 3, state_dir) for k in range(3)]), out,
+                       expected_nodes=3, on_round=_stop_after(3))
+    assert not (out / "metrics.json").exists()
+    # new processes: fresh node views and states, only the files on disk survive
+    restarted = InProcessNodes([load_node(config, k, 3, state_dir) for k in range(3)])
+    resumed = run_federation(config, restarted, out, expected_nodes=3, resume=True)
+    _assert_same_shared(tmp_path / "straight", out, atol=1e-6, has_private_rows=False)  # both deployments
+    keys = [k for k in straight if k.split("@")[0].removeprefix("finetuned_").removeprefix("before_refit_")
+            in ("rmse", "mae", "hr", "ndcg", "epsilon")]
+    assert keys
+    for key in [*keys, "rounds", "bytes_down"]:
+        assert resumed[key] == pytest.approx(straight[key], abs=1e-6), key
+    rounds = [json.loads(line)["round"] for line in (out / "history.jsonl").read_text().splitlines()]
+    assert rounds == [1, 2, 3, 4]
+    assert len(list(state_dir.glob("partition-0-of-3-round-*.safetensors"))) <= 2  # old states are pruned
+
+
+def test_resuming_without_the_nodes_state_is_a_one_line_error(tmp_path):
+    config = load_config(None, SYNTHETIC + RESUMED)
+    with pytest.raises(KeyboardInterrupt):
+        run_federation(config, InProcessNodes([load_node(config, k, 2, tmp_path / "nodes") for k in range(2)]),
+                       tmp_path / "run", expected_nodes=2, on_round=_stop_after(2))
+    for state_dir, message in [(None, "keeps no state"), (tmp_path / "elsewhere", "no saved state after round 2")]:
+        nodes = InProcessNodes([load_node(config, k, 2, state_dir) for k in range(2)])
+        with pytest.raises(FedrecError, match=message) as info:
+            run_federation(config, nodes, tmp_path / "run", expected_nodes=2, resume=True)
+        assert "\n" not in str(info.value)
+    other = load_config(None, SYNTHETIC + RESUMED + ["train.local_lr=0.5"])
+    with pytest.raises(FedrecError, match="different config"):
+        run_federation(other, InProcessNodes([load_node(other, k, 2, tmp_path / "nodes") for k in range(2)]),
+                       tmp_path / "run", expected_nodes=2, resume=True)
+    finished = load_config(None, SYNTHETIC + ["train.rounds=2"])
+    run_federation(finished, InProcessNodes([load_node(finished, k, 2, tmp_path / "f-nodes") for k in range(2)]),
+                   tmp_path / "finished", expected_nodes=2)
+    with pytest.raises(FedrecError, match="set train.rounds higher"):
+        run_federation(finished, InProcessNodes([load_node(finished, k, 2, tmp_path / "f-nodes") for k in range(2)]),
+                       tmp_path / "finished", expected_nodes=2, resume=True)

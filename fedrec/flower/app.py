@@ -84,7 +84,8 @@ def server_main(grid: Grid, context: Context) -> None:
     try:
         config = job_config(run_config)
         run_federation(config, GridTransport(grid), out_dir, int(run_config.get("nodes", 1)),
-                       float(run_config.get("round-timeout", 300.0)), float(run_config.get("connect-timeout", 120.0)))
+                       float(run_config.get("round-timeout", 300.0)), float(run_config.get("connect-timeout", 120.0)),
+                       resume=bool(run_config.get("resume", False)))
     except Exception as error:
         out_dir.mkdir(parents=True, exist_ok=True)
         reason = str(error) if isinstance(error, FedrecError) else f"{type(error).__name__}: {error}"
@@ -110,7 +111,9 @@ def node_view(context: Context) -> node_handlers.NodeView:
             config = config.model_copy(update={"data": config.data.model_copy(
                 update={"data_dir": str(node_config["data-dir"])})})
         _views.clear()
-        _views[key] = node_handlers.load_node(config, int(node_config["partition-id"]), int(node_config["num-partitions"]))
+        state_dir = Path(str(node_config["state-dir"])) if node_config.get("state-dir") else None
+        _views[key] = node_handlers.load_node(config, int(node_config["partition-id"]), int(node_config["num-partitions"]),
+                                              state_dir)
     return _views[key]
 
 
@@ -126,7 +129,7 @@ def _reply(message: Message, context: Context, handler: Any, needs_data: bool = 
 
 @client_app.query()
 def query(message: Message, context: Context) -> Message:
-    return _reply(message, context, lambda view, state, content: node_handlers.describe(view))
+    return _reply(message, context, node_handlers.describe)
 
 
 @client_app.train()

@@ -22,6 +22,7 @@ def register(app: typer.Typer) -> None:
         round_timeout: Annotated[float, typer.Option("--round-timeout", help="Seconds to wait for the nodes' answers in a round; a node that misses it is dropped.")] = 300.0,
         connect_timeout: Annotated[float, typer.Option("--connect-timeout", help="Seconds to wait for the SuperLink and all SuperNodes to come up.")] = 120.0,
         app_only: Annotated[bool, typer.Option("--app-only", help="Only write the Flower app and run config to --out (for a multi-machine deployment; see docs/deploy.md).")] = False,
+        resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in --out from its checkpoint and the SuperNodes' saved states (same config and --nodes).")] = False,
         quiet: Annotated[bool, typer.Option("--quiet", help="No per-round output.")] = False,
     ) -> None:
         """Run a federated job on Flower: a SuperLink and --nodes SuperNodes on 127.0.0.1, stopped at the end."""
@@ -46,7 +47,7 @@ def register(app: typer.Typer) -> None:
 
         out = Console()
         if app_only:
-            app_dir, run_file = write_app(out_dir, run_config, nodes, round_timeout, connect_timeout)
+            app_dir, run_file = write_app(out_dir, run_config, nodes, round_timeout, connect_timeout, resume)
             out.print(f"app: {app_dir}\nrun config: {run_file}\n"
                       f"start: flwr run {app_dir} <connection> --run-config {run_file}", soft_wrap=True, highlight=False)
             return
@@ -62,9 +63,11 @@ def register(app: typer.Typer) -> None:
             err.print(shown, soft_wrap=True, highlight=False)
 
         try:
-            metrics = run_deployment(run_config, nodes, out_dir, round_timeout, connect_timeout, on_round=on_round)
+            metrics = run_deployment(run_config, nodes, out_dir, round_timeout, connect_timeout, on_round=on_round,
+                                     resume=resume)
         except KeyboardInterrupt:
-            err.print(f"interrupted; every Flower process was stopped; partial outputs are in {out_dir}")
+            err.print(f"interrupted; every Flower process was stopped; partial outputs are in {out_dir} "
+                      "(continue with the same command and --resume)")
             raise typer.Exit(130) from None
         shown = ("rmse", "mae", "hr@10", "ndcg@10", "rounds", "seconds", "bytes_up", "bytes_down", "nodes",
                  "nodes_finished", "epsilon", "delta", "stopped")

@@ -62,6 +62,7 @@ out-dir = "runs/flower"
 nodes = 1
 round-timeout = 300.0
 connect-timeout = 120.0
+resume = false
 """
 
 
@@ -70,7 +71,8 @@ def _toml_string(text: str) -> str:
     return json.dumps(text)
 
 
-def write_app(out_dir: Path, config: RunConfig, nodes: int, round_timeout: float, connect_timeout: float) -> tuple[Path, Path]:
+def write_app(out_dir: Path, config: RunConfig, nodes: int, round_timeout: float, connect_timeout: float,
+              resume: bool = False) -> tuple[Path, Path]:
     """Write the Flower app folder and the run config of this job; returns (app dir, run config file)."""
     from fedrec.flower.federation import check_deployable
 
@@ -83,7 +85,8 @@ def write_app(out_dir: Path, config: RunConfig, nodes: int, round_timeout: float
     job = json.dumps(json.loads(config_to_json(config)), separators=(",", ":"))
     run_config.write_text(
         f"job = {_toml_string(job)}\nout-dir = {_toml_string(str(out_dir.resolve()))}\nnodes = {nodes}\n"
-        f"round-timeout = {float(round_timeout)}\nconnect-timeout = {float(connect_timeout)}\n")
+        f"round-timeout = {float(round_timeout)}\nconnect-timeout = {float(connect_timeout)}\n"
+        f"resume = {'true' if resume else 'false'}\n")
     return app_dir, run_config
 
 
@@ -234,8 +237,11 @@ def _run_status(cluster: LocalCluster, run_id: str) -> tuple[str, str]:
 
 def deploy(config: RunConfig, nodes: int, out_dir: Path, round_timeout: float = 300.0, connect_timeout: float = 120.0,
            on_round: Callable[[dict[str, Any]], None] | None = None,
-           on_cluster: Callable[[LocalCluster], None] | None = None) -> dict[str, Any]:
+           on_cluster: Callable[[LocalCluster], None] | None = None, resume: bool = False) -> dict[str, Any]:
     """Run the job on a loopback Flower deployment with ``nodes`` SuperNodes; returns the final metrics.
+
+    Every SuperNode keeps its state in ``out_dir/flower/nodes`` after each round; ``resume`` continues an
+    interrupted run in ``out_dir`` from its checkpoint and those states (same config and --nodes).
 
     The whole run is bounded: start-up by ``connect_timeout``, each round (and evaluation) by
     ``round_timeout``. ``on_cluster`` is called once the processes run (tests use it to find PIDs).
@@ -249,10 +255,14 @@ def deploy(config: RunConfig, nodes: int, out_dir: Path, round_timeout: float = 
     check_secure_deployment(config, nodes)
     out_dir = out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    if (out_dir / CHECKPOINT_NAME).exists() or (out_dir / "metrics.json").exists():
-        raise FedrecError(f"{out_dir} already holds a run; choose another --out")
+    if not resume and ((out_dir / CHECKPOINT_NAME).exists() or (out_dir / "metrics.json").exists()):
+        raise FedrecError(f"{out_dir} already holds a run; pass --resume to continue it or choose another --out")
+    if resume and (out_dir / CHECKPOINT_NAME).exists():
+        from fedrec.flower.federation import load_deployment
+
+        load_deployment(out_dir, config)  # a one-line error here rather than from inside the ServerApp
     (out_dir / SERVER_ERROR_FILE).unlink(missing_ok=True)
-    app_dir, run_config = write_app(out_dir, config, nodes, round_timeout, connect_timeout)
+    app_dir, run_config = write_app(out_dir, config, nodes, round_timeout, connect_timeout, resume)
     home = out_dir / "flower" / "home"
     home.mkdir(parents=True, exist_ok=True)
     link_port, *node_ports = free_ports(1 + nodes)
@@ -275,7 +285,8 @@ def deploy(config: RunConfig, nodes: int, out_dir: Path, round_timeout: float = 
                                   f"see {out_dir}/flower/logs/superlink.log")
             data_dir = config.data.data_dir or os.environ.get("FEDREC_DATA", "")
             for index, port in enumerate(node_ports):
-                node_config = f"partition-id={index} num-partitions={nodes}"
+                state_dir = out_dir / "flower" / "nodes"
+                node_config = f"partition-id={index} num-partitions={nodes} state-dir={json.dumps(str(state_dir))}"
                 if data_dir:
                     node_config += f" data-dir={json.dumps(str(Path(data_dir).resolve()))}"
                 cluster.start(f"supernode-{index}", [

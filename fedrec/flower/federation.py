@@ -43,14 +43,15 @@ from fedrec.flower.codec import (merge_in_cohort_order, record_to_tensors, recor
                                  tensors_to_record)
 from fedrec.flower.codec import record_to_upload
 from fedrec.flower.local_dp import mean_of_noisy_sums
-from fedrec.flower.node import (CLIENTS, FINAL_REFIT, FINETUNE, INFO, METRICS, RESULT, SHARED, TASK, UPDATE,
+from fedrec.flower.node import (CLIENTS, FINAL_REFIT, FINETUNE, INFO, METRICS, RESULT, RESUME, SHARED, TASK, UPDATE,
                                 ITEM_INPUTS, combine_metrics)
 from fedrec.models.base import RecModel, num_catalogue_items
 from fedrec.models.registry import IMPLICIT_MODELS, build_model, model_options
 from fedrec.privacy.cohort_sum import sum_layout
 from fedrec.privacy.dp import CentralDP
 from fedrec.privacy.ldp import LocalDP
-from fedrec.runtime.checkpoint import CHECKPOINT_NAME, atomic_write_text, save_checkpoint
+from fedrec.runtime.checkpoint import (CHECKPOINT_NAME, atomic_write_text, check_resumable, discard_stale_metrics,
+                                       finished_history, load_checkpoint, save_checkpoint)
 
 if TYPE_CHECKING:
     from fedrec.flower.secure import SecureRound
@@ -96,9 +97,11 @@ def wait_for_nodes(transport: Transport, expected: int, timeout: float, poll: fl
         time.sleep(poll)
 
 
-def discover(transport: Transport, nodes: list[int], timeout: float) -> Population:
-    """Ask every node for its partition and check that together they hold every client exactly once."""
-    replies = transport.exchange({node: RecordDict() for node in nodes}, "query", 0, timeout)
+def discover(transport: Transport, nodes: list[int], timeout: float, resume_round: int = 0) -> Population:
+    """Ask every node for its partition and check that together they hold every client exactly once;
+    ``resume_round``: the run resumes after that many rounds, and the nodes restore their state from then."""
+    query = RecordDict({RESUME: ConfigRecord({"round": resume_round})} if resume_round else {})
+    replies = transport.exchange({node: query for node in nodes}, "query", 0, timeout)
     missing = [node for node in nodes if node not in replies]
     if missing:
         raise FedrecError(f"{len(missing)} SuperNode(s) did not describe their partition within {timeout:.0f} s; "
@@ -213,8 +216,12 @@ def check_deployable(config: RunConfig) -> None:
 
 def run_federation(config: RunConfig, transport: Transport, out_dir: Path, expected_nodes: int,
                    round_timeout: float = 300.0, connect_timeout: float = 120.0,
-                   on_round: RoundCallback | None = None) -> dict[str, Any]:
+                   on_round: RoundCallback | None = None, resume: bool = False) -> dict[str, Any]:
     """Run the configured federated job over the nodes behind ``transport``; returns the final metrics.
+
+    ``resume`` continues from the checkpoint in ``out_dir`` (shared parameters, server optimiser and privacy
+    state, history): the nodes restore their private rows from their state directories (``load_node``), so
+    the run reaches the model an uninterrupted one does.
 
     Privacy and defences are the simulator's: central DP (Poisson sampling, noise calibrated before the
     run, epsilon per round in the history, a stop before a round that would exceed privacy.epsilon) and
@@ -228,16 +235,22 @@ def run_federation(config: RunConfig, transport: Transport, out_dir: Path, expec
     check_deployable(config)
     torch.use_deterministic_algorithms(True, warn_only=True)
     out_dir.mkdir(parents=True, exist_ok=True)
+    saved = load_deployment(out_dir, config) if resume else None
+    resume_round = int(saved[1]["round"]) if saved is not None else 0
+    if saved is not None:
+        discard_stale_metrics(out_dir, resume_round, config.train.rounds)
     atomic_write_text(out_dir / "config.json", config_to_json(config) + "\n")
-    began = time.perf_counter()
+    began = time.perf_counter() - (float(saved[1]["seconds"]) if saved is not None else 0.0)
     nodes = wait_for_nodes(transport, expected_nodes, connect_timeout)
     from fedrec.flower.secure import check_secure_deployment
 
     check_secure_deployment(config, len(nodes))
-    population = discover(transport, nodes, max(round_timeout, connect_timeout))  # start-up: first ClientApp imports
+    population = discover(transport, nodes, max(round_timeout, connect_timeout), resume_round)  # first ClientApp imports
     model = server_model(config, population)
     eligible = population.sizes > 0  # as the simulator: clients without training data are never sampled
-    privacy = privacy_settings(config, int(eligible.sum()))  # calibrated once, before the first round
+    # calibrated once, before the first round (a resumed run keeps the noise it was calibrated to)
+    privacy = privacy_settings(config, int(eligible.sum()),
+                               float(saved[1]["noise_multiplier"]) if saved and "noise_multiplier" in saved[1] else None)
     settings = fedavg_settings(config, privacy)
     initial = model.init_params(torch.Generator().manual_seed(config.train.seed))
     if privacy is not None:
@@ -252,9 +265,16 @@ def run_federation(config: RunConfig, transport: Transport, out_dir: Path, expec
     live = list(nodes)
     history: list[dict[str, Any]] = []
     bytes_up = bytes_down = 0
+    if saved is not None:
+        tensors, meta = saved
+        shared = {name: tensors[f"param/{name}"] for name in shared}
+        server_state = {k[len("server/"):]: v for k, v in tensors.items() if k.startswith("server/")}
+        privacy_state = {k[len("privacy/"):]: v for k, v in tensors.items() if k.startswith("privacy/")}
+        bytes_up, bytes_down = int(meta["bytes_up"]), int(meta["bytes_down"])
+        history = finished_history(out_dir / "history.jsonl", resume_round)
     stop_reason: str | None = None
-    rounds_done, final_round, final = 0, -1, {}
-    for round_index in range(config.train.rounds):
+    rounds_done, final_round, final = resume_round, -1, {}
+    for round_index in range(resume_round, config.train.rounds):
         stop_reason = budget_stop_reason(config, privacy, round_index)
         if stop_reason is not None:
             print(f"{stop_reason} (checkpoint and metrics written to {out_dir})", file=sys.stderr)
@@ -339,6 +359,8 @@ def run_federation(config: RunConfig, transport: Transport, out_dir: Path, expec
     if final_round != rounds_done or (config.eval.finetune_epochs and not finetuned):
         # stopped by the privacy budget: evaluate the final model (and its fine-tuned copies) once more
         final = _evaluate(transport, live, sent_record(shared, model), rounds_done, round_timeout, ranking,
+                          final_refit=(final_round != rounds_done and rounds_done == config.train.rounds
+                                       and bool(config.train.refit_private_epochs)),  # resumed after the last round
                           finetune=bool(config.eval.finetune_epochs))
     if stop_reason is not None:
         _save(out_dir, shared, server_state, _checkpoint_meta(config, {"round": rounds_done, "seconds": round(
@@ -385,6 +407,23 @@ def _secure_sum(transport: Transport, model: RecModel, settings: FedAvgSettings,
     except SecAggAbort as error:
         raise FedrecError(f"round {round_index + 1}: {error}; the run stopped (rounds up to the last checkpoint are "
                           f"in {out_dir})") from None
+
+
+def load_deployment(out_dir: Path, config: RunConfig) -> tuple[dict[str, Tensor], dict[str, Any]] | None:
+    """The checkpoint of an interrupted deployment in ``out_dir`` (None: none there, the run starts fresh)."""
+    from fedrec.runtime.trainer import comparable_config
+
+    path = out_dir / CHECKPOINT_NAME
+    if not path.exists():
+        return None
+    tensors, meta = load_checkpoint(path)
+    check_resumable(path, meta, meta.get("runtime") != "flower" or not any(k.startswith("param/") for k in tensors),
+                    config_to_json(config), comparable_config, config.train.rounds,
+                    "a checkpoint of a fedrec deployment")
+    if int(meta["round"]) == config.train.rounds and (out_dir / "metrics.json").exists():
+        raise FedrecError(f"the deployment in {out_dir} has finished its {meta['round']} rounds; "
+                          "set train.rounds higher to extend it")
+    return tensors, meta
 
 
 def _checkpoint_meta(config: RunConfig, record: dict[str, Any], bytes_up: int, bytes_down: int,

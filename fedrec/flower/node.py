@@ -16,13 +16,14 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from torch import Tensor
 
-from fedrec.config import RunConfig
+from fedrec.config import RunConfig, config_to_json
 from fedrec.data.dataset import Interactions, Split
 from fedrec.errors import FedrecError
 from fedrec.eval.protocol import Evaluator
@@ -36,12 +37,15 @@ from fedrec.flower.codec import record_to_tensors, tensors_to_record, update_to_
 from fedrec.models.base import ParamKind, RecModel
 from fedrec.models.registry import IMPLICIT_MODELS
 from fedrec.models.sequence import SASRec, SequenceEvaluator, prepare_sequence
+from fedrec.runtime.checkpoint import load_checkpoint, save_checkpoint
 
 # record names used in messages and node state
 INFO, TASK, SHARED, UPDATE, RESULT, METRICS, CLIENTS, PRIVATE = (
     "info", "task", "shared", "update", "result", "metrics", "clients", "private")
 ITEM_INPUTS = "item_inputs"  # in a query reply: the public item tensors the model is built from (item_text)
 RESIDUALS = "residuals"  # node state: its clients' compression residuals
+RESUME = "resume"  # in a query: the run resumes after this many finished rounds (restore the saved state)
+KEPT_ROUNDS = 2  # saved states a node keeps: the server's checkpoint may be one round behind the node
 FINAL_REFIT = "final_refit"  # in an evaluate message: refit the private rows first (train.refit_private_epochs)
 FINETUNE = "finetune"  # in an evaluate message: also report every client fine-tuned locally (eval.finetune_epochs)
 RANKING_KEYS = ("hr", "ndcg", "recall", "mrr")  # per-user means that combine exactly across nodes
@@ -77,10 +81,13 @@ class NodeView:
     constants: dict[str, Tensor] = field(default_factory=dict)  # constant shared tables, built here, never sent
     item_inputs: dict[str, Tensor] = field(default_factory=dict)  # public item tensors the model is built from
     client_of_user: np.ndarray | None = None  # (num_users,) every user's client (fine-tuning maps users to copies)
+    state_dir: Path | None = None  # where the node keeps its state after every round, for a resumed run
 
 
-def load_node(config: RunConfig, partition_id: int, num_partitions: int) -> NodeView:
-    """Load the job's data and keep this partition's clients; the rest is dropped at once."""
+def load_node(config: RunConfig, partition_id: int, num_partitions: int, state_dir: Path | None = None) -> NodeView:
+    """Load the job's data and keep this partition's clients; the rest is dropped at once. With ``state_dir``
+    the node saves its state (private rows, compression residuals) after every round, so that a resumed
+    run (``fedrec deploy --resume``) continues from it."""
     from fedrec.runtime.experiment import prepare
 
     torch.use_deterministic_algorithms(True, warn_only=True)  # as fedrec train: same seed, same floats
@@ -108,11 +115,22 @@ def load_node(config: RunConfig, partition_id: int, num_partitions: int) -> Node
                               config.eval.sampled_negatives, config.eval.seed)
     return NodeView(config, model, partition_id, num_partitions, clients, np.flatnonzero(is_own_user), data,
                     split, evaluator, exp.partition.num_clients, exp.dataset.num_users, exp.dataset.num_items, ranking,
-                    constant_tables(model), item_inputs(model), exp.partition.client_of_user)
+                    constant_tables(model), item_inputs(model), exp.partition.client_of_user, state_dir)
 
 
-def describe(view: NodeView) -> RecordDict:
-    """The node's answer to the server's query: partition, population sizes, its clients' sizes."""
+def describe(view: NodeView, state: RecordDict, content: RecordDict) -> RecordDict:
+    """The node's answer to the server's query (the start of a run): partition, population sizes, its clients'
+    sizes. A fresh run starts from the initial private rows; a resumed one (``RESUME`` in the query) restores
+    the node's saved state after the server's last finished round."""
+    resume_round = int(content.config_records[RESUME]["round"]) if RESUME in content.config_records else 0
+    for name in (PRIVATE, RESIDUALS):
+        if name in state.array_records:
+            del state.array_records[name]
+    if resume_round:
+        restore_node_state(view, state, resume_round)
+    elif view.state_dir is not None:
+        for path in view.state_dir.glob(f"{_state_stem(view)}-round-*.safetensors"):
+            path.unlink()  # a fresh run: an earlier run's state must not be resumed into it
     ratings = view.split.train.ratings.astype(np.float64)
     info = ConfigRecord({
         "partition_id": view.partition_id, "num_partitions": view.num_partitions, "num_clients": view.num_clients,
@@ -178,11 +196,76 @@ def local_training(config: RunConfig) -> LocalTraining:
 
 
 def handle_train(view: NodeView, state: RecordDict, content: RecordDict) -> RecordDict:
-    """Train this node's part of the cohort; reply with its CohortUpdate, keep its private rows.
+    """Train this node's part of the cohort; reply with its CohortUpdate, keep its private rows (and, with
+    a state directory, save the node's state after the round).
 
     Under secure aggregation (``secure`` in the task) the reply carries no update: the node keeps the
     ring sum of its clients' encoded uploads for the protocol's rounds (:mod:`fedrec.flower.secure`).
     """
+    reply = _train_round(view, state, content)
+    save_node_state(view, state, int(content.config_records[TASK]["round"]) + 1)
+    return reply
+
+
+def _state_stem(view: NodeView) -> str:
+    return f"partition-{view.partition_id}-of-{view.num_partitions}"
+
+
+def _state_path(view: NodeView, rounds_done: int) -> Path:
+    assert view.state_dir is not None
+    return view.state_dir / f"{_state_stem(view)}-round-{rounds_done}.safetensors"
+
+
+def _needs_saved_state(view: NodeView) -> bool:
+    """Whether a resumed run needs this node's saved state: its users' private rows, or error-feedback residuals."""
+    from fedrec.runtime.trainer import compression_settings
+
+    compression = compression_settings(view.config)
+    return bool(view.model.specs_by_kind(ParamKind.PRIVATE_ROWS)) or bool(compression and compression.error_feedback)
+
+
+def save_node_state(view: NodeView, state: RecordDict, rounds_done: int) -> None:
+    """Save the node's state after ``rounds_done`` rounds to its state directory (atomically), keeping the
+    states of as many rounds as the server's checkpoint may lag behind (train.checkpoint_every)."""
+    if view.state_dir is None or not _needs_saved_state(view):
+        return
+    tensors = {f"private/{name}": value for name, value in private_rows(view, state).items()}
+    if RESIDUALS in state.array_records:
+        tensors.update({f"residuals/{k}": v for k, v in record_to_tensors(state.array_records[RESIDUALS]).items()})
+    view.state_dir.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(_state_path(view, rounds_done), tensors, {"round": rounds_done, "config": config_to_json(view.config)})
+    kept = view.config.train.checkpoint_every + 1
+    for path in view.state_dir.glob(f"{_state_stem(view)}-round-*.safetensors"):
+        if int(path.stem.rsplit("-", 1)[1]) <= rounds_done - kept:
+            path.unlink(missing_ok=True)
+
+
+def restore_node_state(view: NodeView, state: RecordDict, rounds_done: int) -> None:
+    """Put the node's saved state after ``rounds_done`` rounds back into ``state``; a one-line error without it."""
+    if not _needs_saved_state(view):
+        return
+    node = f"SuperNode partition {view.partition_id}"
+    if view.state_dir is None:
+        raise FedrecError(f"{node} keeps no state, so its users' private rows cannot be resumed; start it with "
+                          "--node-config 'state-dir=DIR' (fedrec deploy does) or start the run over")
+    path = _state_path(view, rounds_done)
+    if not path.exists():
+        raise FedrecError(f"{node} has no saved state after round {rounds_done} in {view.state_dir}; give it the "
+                          "state-dir of the interrupted run, or start the run over")
+    from fedrec.runtime.trainer import comparable_config
+
+    tensors, meta = load_checkpoint(path)
+    if comparable_config(str(meta.get("config", "{}"))) != comparable_config(config_to_json(view.config)):
+        raise FedrecError(f"{node}: the state in {path} was saved by a different job; resume with the same config "
+                          "or start the run over")
+    state.array_records[PRIVATE] = tensors_to_record(
+        {k[len("private/"):]: v for k, v in tensors.items() if k.startswith("private/")})
+    residuals = {k[len("residuals/"):]: v for k, v in tensors.items() if k.startswith("residuals/")}
+    if residuals:
+        state.array_records[RESIDUALS] = tensors_to_record(residuals)
+
+
+def _train_round(view: NodeView, state: RecordDict, content: RecordDict) -> RecordDict:
     task = content.config_records[TASK]
     round_index = int(task["round"])
     cohort = np.asarray(record_to_tensors(content.array_records[CLIENTS])["cohort"].numpy(), dtype=np.int64)
@@ -330,7 +413,7 @@ class InProcessNodes:
                  timeout: float) -> dict[int, RecordDict]:
         from fedrec.flower.secure import NODE_HANDLERS, STAGES
 
-        handlers = {"query": lambda view, state, content: describe(view), "train": handle_train,
+        handlers = {"query": describe, "train": handle_train,
                     "evaluate": handle_evaluate}
         handlers.update({kind: (lambda view, state, content, stage=stage: stage(view.config, state, content))
                          for kind, stage in NODE_HANDLERS.items()})

@@ -149,7 +149,7 @@ def defence_settings(config: RunConfig) -> DefenceSettings | None:
 _RESUME_FREE = {"train": ("rounds", "eval_every", "checkpoint_every"), "data": ("data_dir", "download")}
 
 
-def _comparable(config_json: str) -> dict[str, Any]:
+def comparable_config(config_json: str) -> dict[str, Any]:
     """Config fields that must match for a resume (rounds may grow; data may move)."""
     settings = json.loads(config_json)
     for section, keys in _RESUME_FREE.items():
@@ -288,7 +288,7 @@ class _Run:
     def restore(self, path: Path) -> None:
         tensors, meta = load_checkpoint(path)
         missing = any(f"param/{name}" not in tensors for name in self.params)
-        check_resumable(path, meta, missing, config_to_json(self.config), _comparable, self.config.train.rounds,
+        check_resumable(path, meta, missing, config_to_json(self.config), comparable_config, self.config.train.rounds,
                         "a fedrec checkpoint for this model")
         with torch.no_grad():
             for name, value in self.params.items():
