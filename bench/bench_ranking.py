@@ -78,6 +78,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (processes)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per run")
     parser.add_argument("--no-write", action="store_true", help="print the table, do not touch BENCHMARKS.md")
+    parser.add_argument("--section", default="ranking",
+                        help="BENCHMARKS.md section to write (another name keeps the default table, e.g. for --set runs)")
     args = parser.parse_args()
     tasks = [(pair, mode, seed) for pair in args.pairs for seed in range(args.seeds) for mode in MODES]
     # submitted last pair first: the default order ends with the longest runs (Last.fm), which should start first
@@ -119,10 +121,14 @@ def main() -> None:
         "Federated: one client per user, all clients every round; user embeddings never leave the client. "
         f"Seconds per round include the periodic evaluation ({args.threads} torch thread(s) per run, {args.jobs} "
         "run(s) at once). Hyperparameters, the federated rounds and the centralised epochs alike, were chosen "
-        "on the validation interaction, never on the test one.\n")
+        "on the validation interaction, never on the test one. Overrides for every run: "
+        + (", ".join(f"`{o}`" for o in args.overrides) or "none") + ".\n")
     print(body)
     if not args.no_write:
-        write_section("ranking", "Top-K ranking: federated vs centralised (leave-last-out, full ranking)", body)
+        title = "Top-K ranking: federated vs centralised (leave-last-out, full ranking)"
+        if args.section != "ranking":
+            title += ", with " + ", ".join(f"`{o}`" for o in args.overrides)
+        write_section(args.section, title, body)
 
 
 if __name__ == "__main__":

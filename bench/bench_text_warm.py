@@ -69,6 +69,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (processes)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 rounds, nothing written")
     parser.add_argument("--no-write", action="store_true", help="print the table, do not touch BENCHMARKS.md")
+    parser.add_argument("--section", default="text_warm",
+                        help="BENCHMARKS.md section to write (another name keeps the default table, e.g. for --set runs)")
     args = parser.parse_args()
     import torch
 
@@ -117,7 +119,8 @@ def main() -> None:
         f"64 dims). Overrides: {settings}. Settings were chosen on the validation interaction only.\n")
     print(body)
     if not args.no_write:
-        write_section("text_warm", "Warm items: ID + text vs ID-only (ML-100K, full ranking)", body)
+        title = "Warm items: ID + text vs ID-only (ML-100K, full ranking)"
+        write_section(args.section, title if args.section == "text_warm" else f"{title}, with {settings}", body)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,10 @@ class DataConfig(Section):
     validation_ratio: float = Field(default=0.0, ge=0.0, lt=1.0)  # carved per user from train (leave_last_out
     # always holds out the second-to-last interaction as validation)
     split_seed: int = 0
+    # leave_last_out: how equal timestamps are ordered. "row": a later row in the data file counts as later
+    # (in ML-100K's u.data that means a higher item id, so the tied test item tends to be the less popular
+    # one); "random": a random order drawn from split_seed.
+    time_ties: Literal["row", "random"] = "row"
     min_rating: float | None = None  # keep only interactions rated >= this (explicit data used as implicit)
     # clients: one per user (cross-device) or users grouped into silos (cross-silo)
     clients: Literal["per_user", "silos", "dirichlet"] = "per_user"  # dirichlet: silos skewed over item categories
@@ -317,6 +321,9 @@ class RunConfig(Section):
     def _check(self) -> RunConfig:
         if self.data.name == "table" and not self.data.path:
             raise ValueError("data.path is required when data.name = 'table'")
+        if self.data.time_ties != "row" and self.data.split != "leave_last_out":
+            raise ValueError("data.time_ties orders equal timestamps in data.split = 'leave_last_out'; set that split "
+                             "or remove data.time_ties")
         self.privacy.check()
         self.defence.check()
         self.attack.check()

@@ -281,3 +281,12 @@ def test_text_models_take_dp_but_refuse_item_hiding_in_one_line():
     with pytest.raises(FedrecError, match="would still reveal them") as error:
         load_config(config_file, ["privacy.hiding='dense'"])
     assert "\n" not in str(error.value)
+
+
+def test_time_ties_belong_to_leave_last_out():
+    assert load_config(None, ["data.split=leave_last_out", "data.time_ties=random"]).data.time_ties == "random"
+    with pytest.raises(FedrecError, match="data.time_ties") as info:
+        load_config(None, ["data.split=ratio", "data.time_ties=random"])
+    assert "\n" not in str(info.value)
+    with pytest.raises(FedrecError, match="time_ties"):
+        load_config(None, ["data.split=leave_last_out", "data.time_ties=newest"])

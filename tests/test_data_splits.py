@@ -104,6 +104,37 @@ def test_leave_last_out(inter: Interactions, validation: bool) -> None:
 
 
 @SETTINGS
+@given(interactions(), st.booleans(), st.integers(0, 1000))
+def test_leave_last_out_with_random_time_ties(inter: Interactions, validation: bool, seed: int) -> None:
+    """Random tie order: same parts and users as the row rule, held-out rows at each user's latest timestamps,
+    the same order for the same seed."""
+    split, excluded = leave_last_out_with_report(inter, validation, tie_seed=seed)
+    by_row, excluded_by_row = leave_last_out_with_report(inter, validation)
+    assert excluded == excluded_by_row
+    assert_partitions(inter, split, np.flatnonzero(np.isin(inter.users, np.setdiff1d(inter.users, split.test.users))))
+    assert np.array_equal(np.sort(split.test.users), np.sort(by_row.test.users))
+    for user in np.unique(split.test.users):
+        mine = np.flatnonzero(inter.users == user)
+        stamps = np.sort(inter.timestamps[mine])
+        assert split.test.timestamps[split.test.users == user][0] == stamps[-1]
+        if validation:
+            assert split.validation.timestamps[split.validation.users == user][0] == stamps[-2]
+    again, _ = leave_last_out_with_report(inter, validation, tie_seed=seed)
+    assert np.array_equal(rows(again.test), rows(split.test))
+
+
+def test_random_time_ties_pick_every_tied_row_alike() -> None:
+    """One user with five interactions in the same second: over seeds, each is the test row about a fifth of the time
+    (the row rule always picks the last row)."""
+    inter = Interactions(np.zeros(5, np.int64), np.arange(5, dtype=np.int64), np.arange(5, dtype=np.float32),
+                         np.zeros(5, np.int64))
+    assert rows(leave_last_out(inter).test).tolist() == [4]
+    picks = np.bincount([rows(leave_last_out_with_report(inter, tie_seed=seed)[0].test)[0] for seed in range(2000)],
+                        minlength=5)
+    assert np.all(np.abs(picks / 2000 - 0.2) < 0.04), picks
+
+
+@SETTINGS
 @given(interactions(), st.floats(0.05, 0.95), st.integers(0, 1000))
 def test_carve_validation(inter: Interactions, ratio: float, seed: int) -> None:
     base = random_ratio_split(inter, 0.3, seed)

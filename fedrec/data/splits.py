@@ -53,17 +53,20 @@ def random_ratio_split(inter: Interactions, test_ratio: float, seed: int) -> Spl
     return Split(train=inter.subset(~test), test=inter.subset(test), name=f"random-{test_ratio:g}-seed{seed}")
 
 
-def leave_last_out_with_report(inter: Interactions, validation: bool = True) -> tuple[Split, int]:
+def leave_last_out_with_report(inter: Interactions, validation: bool = True,
+                               tie_seed: int | None = None) -> tuple[Split, int]:
     """Leave-last-out split and the number of users excluded because they have too few interactions.
 
-    Per user by timestamp (ties: later row counts as later): the last interaction goes to test,
-    the second to last to validation (when ``validation``), the rest to train. Users with fewer
-    than 3 interactions (2 without validation) are left out of every part.
+    Per user by timestamp: the last interaction goes to test, the second to last to validation (when
+    ``validation``), the rest to train. Equal timestamps are ordered by row (a later row counts as
+    later), or, with ``tie_seed``, in a random order drawn from that seed. Users with fewer than 3
+    interactions (2 without validation) are left out of every part.
     """
     users = inter.users
     needed = 3 if validation else 2
     n = len(users)
-    order = np.lexsort((np.arange(n), inter.timestamps, users))
+    within_tie = np.arange(n) if tie_seed is None else np.random.default_rng(tie_seed).permutation(n)
+    order = np.lexsort((within_tie, inter.timestamps, users))
     sorted_users = users[order]
     starts = np.flatnonzero(np.r_[True, sorted_users[1:] != sorted_users[:-1]]) if n else np.zeros(0, np.int64)
     sizes = np.diff(np.r_[starts, n])

@@ -82,7 +82,8 @@ def make_split(config: RunConfig, dataset: Dataset) -> tuple[Split, int]:
     elif data.split == "ratio":
         split = random_ratio_split(dataset.interactions, data.test_ratio, data.split_seed)
     elif data.split == "leave_last_out":
-        return leave_last_out_with_report(dataset.interactions, validation=True)
+        return leave_last_out_with_report(dataset.interactions, validation=True,
+                                          tie_seed=data.split_seed if data.time_ties == "random" else None)
     else:
         return random_leave_one_out_with_report(dataset.interactions, data.split_seed, validation=True)
     if data.validation_ratio > 0:
