@@ -494,7 +494,36 @@ def _stop_after(round_: int):
     return on_round
 
 
+class CountingNodes(InProcessNodes):
+    """In-process nodes that count the training rounds they are asked to run."""
+
+    def __init__(self, views, **kwargs):
+        super().__init__(views, **kwargs)
+        self.trained_rounds: list[int] = []
+
+    def exchange(self, requests, message_type, round_index, timeout):
+        if message_type == "train":
+            self.trained_rounds.append(round_index + 1)
+        return super().exchange(requests, message_type, round_index, timeout)
+
+
 RESUMED = ["train.rounds=4", "train.eval_every=2"]
+
+
+def _nodes(config, state_dir, count=3, **kwargs) -> CountingNodes:
+    """Fresh node processes: new views and states; only the files in ``state_dir`` survive a restart."""
+    return CountingNodes([load_node(config, k, count, state_dir) for k in range(count)], **kwargs)
+
+
+def _assert_resumed_like_straight(out: Path, straight: Path, resumed: dict, straight_metrics: dict) -> None:
+    _assert_same_shared(straight, out, atol=1e-6, has_private_rows=False)  # both are deployments
+    keys = [k for k in straight_metrics if k.split("@")[0].removeprefix("finetuned_").removeprefix("before_refit_")
+            in ("rmse", "mae", "hr", "ndcg", "epsilon")]
+    assert keys
+    for key in [*keys, "rounds", "bytes_down", "nodes_finished"]:
+        assert resumed[key] == pytest.approx(straight_metrics[key], abs=1e-6), key
+    rounds = [json.loads(line)["round"] for line in (out / "history.jsonl").read_text().splitlines()]
+    assert rounds == list(range(1, straight_metrics["rounds"] + 1))
 
 
 @pytest.mark.parametrize("extra", [
@@ -502,47 +531,85 @@ RESUMED = ["train.rounds=4", "train.eval_every=2"]
     ["model.name='bpr'", "eval.sampled_negatives=0", "compression.topk=0.2"],  # + error-feedback residuals on the nodes
     ["privacy.noise_multiplier=0.8", "privacy.delta=1e-3", "privacy.clip_norm=0.5"],  # + the server's DP state
     ["train.refit_private_epochs=2", "train.refit_private_lr=0.05", "eval.finetune_epochs=1"],  # + the final steps
-], ids=["mf", "bpr-compressed", "mf-central-dp", "mf-refit-finetune"])
+    ["train.checkpoint_every=2"],  # the server's checkpoint lags the nodes' states by a round
+], ids=["mf", "bpr-compressed", "mf-central-dp", "mf-refit-finetune", "checkpoint-every-2"])
 def test_interrupted_deployment_resumes_to_the_uninterrupted_model(extra, tmp_path):
     config = load_config(None, SYNTHETIC + RESUMED + extra)
-    straight = run_federation(config, InProcessNodes([load_node(config, k, 3, tmp_path / "s-nodes") for k in range(3)]),
-                              tmp_path / "straight", expected_nodes=3)
+    straight = run_federation(config, _nodes(config, tmp_path / "s-nodes"), tmp_path / "straight", expected_nodes=3)
     out, state_dir = tmp_path / "run", tmp_path / "nodes"
     with pytest.raises(KeyboardInterrupt):
-        run_federation(config, InProcessNodes([load_node(config, k, 3, state_dir) for k in range(3)]), out,
-                       expected_nodes=3, on_round=_stop_after(3))
+        run_federation(config, _nodes(config, state_dir), out, expected_nodes=3, on_round=_stop_after(3))
     assert not (out / "metrics.json").exists()
-    # new processes: fresh node views and states, only the files on disk survive
-    restarted = InProcessNodes([load_node(config, k, 3, state_dir) for k in range(3)])
+    restarted = _nodes(config, state_dir)
     resumed = run_federation(config, restarted, out, expected_nodes=3, resume=True)
-    _assert_same_shared(tmp_path / "straight", out, atol=1e-6, has_private_rows=False)  # both deployments
-    keys = [k for k in straight if k.split("@")[0].removeprefix("finetuned_").removeprefix("before_refit_")
-            in ("rmse", "mae", "hr", "ndcg", "epsilon")]
-    assert keys
-    for key in [*keys, "rounds", "bytes_down"]:
-        assert resumed[key] == pytest.approx(straight[key], abs=1e-6), key
-    rounds = [json.loads(line)["round"] for line in (out / "history.jsonl").read_text().splitlines()]
-    assert rounds == [1, 2, 3, 4]
-    assert len(list(state_dir.glob("partition-0-of-3-round-*.safetensors"))) <= 2  # old states are pruned
+    checkpointed = 2 if config.train.checkpoint_every == 2 else 3
+    assert restarted.trained_rounds == list(range(checkpointed + 1, 5))  # only the rounds left, not a fresh run
+    _assert_resumed_like_straight(out, tmp_path / "straight", resumed, straight)
+    assert len(list(state_dir.glob("*-partition-0-of-3-round-*.safetensors"))) <= config.train.checkpoint_every + 1
+
+
+def test_resume_twice_and_extend_a_finished_run(tmp_path):
+    config = load_config(None, SYNTHETIC + RESUMED)
+    straight = run_federation(config, _nodes(config, tmp_path / "s-nodes"), tmp_path / "straight", expected_nodes=3)
+    out, state_dir = tmp_path / "run", tmp_path / "nodes"
+    short = load_config(None, SYNTHETIC + ["train.rounds=2", "train.eval_every=2"])
+    run_federation(short, _nodes(short, state_dir), out, expected_nodes=3)  # finished after 2 rounds
+    with pytest.raises(KeyboardInterrupt):  # extended to 4, interrupted in round 3
+        run_federation(config, _nodes(config, state_dir), out, expected_nodes=3, resume=True, on_round=_stop_after(3))
+    assert not (out / "metrics.json").exists()  # the 2-round figures no longer describe the run
+    resumed = run_federation(config, _nodes(config, state_dir), out, expected_nodes=3, resume=True)
+    _assert_resumed_like_straight(out, tmp_path / "straight", resumed, straight)
+
+
+def test_a_node_lost_before_the_interruption_stays_dropped_after_the_resume(tmp_path):
+    config = load_config(None, SYNTHETIC + RESUMED)
+    straight = run_federation(config, _nodes(config, tmp_path / "s-nodes", fail={1: 1}), tmp_path / "straight",
+                              expected_nodes=3)
+    assert straight["nodes_finished"] == 2
+    out, state_dir = tmp_path / "run", tmp_path / "nodes"
+    with pytest.raises(KeyboardInterrupt):
+        run_federation(config, _nodes(config, state_dir, fail={1: 1}), out, expected_nodes=3, on_round=_stop_after(3))
+    restarted = _nodes(config, state_dir)  # every node is back, the lost one without a state for round 3
+    resumed = run_federation(config, restarted, out, expected_nodes=3, resume=True)
+    _assert_resumed_like_straight(out, tmp_path / "straight", resumed, straight)
 
 
 def test_resuming_without_the_nodes_state_is_a_one_line_error(tmp_path):
     config = load_config(None, SYNTHETIC + RESUMED)
     with pytest.raises(KeyboardInterrupt):
-        run_federation(config, InProcessNodes([load_node(config, k, 2, tmp_path / "nodes") for k in range(2)]),
-                       tmp_path / "run", expected_nodes=2, on_round=_stop_after(2))
-    for state_dir, message in [(None, "keeps no state"), (tmp_path / "elsewhere", "no saved state after round 2")]:
-        nodes = InProcessNodes([load_node(config, k, 2, state_dir) for k in range(2)])
+        run_federation(config, _nodes(config, tmp_path / "nodes", 2), tmp_path / "run", expected_nodes=2,
+                       on_round=_stop_after(2))
+    for nodes, message in [(_nodes(config, None, 2), "keeps no state"),
+                           (_nodes(config, tmp_path / "elsewhere", 2), "no saved state after round 2"),
+                           (_nodes(config, tmp_path / "nodes", 3), "resume with --nodes 2")]:
         with pytest.raises(FedrecError, match=message) as info:
-            run_federation(config, nodes, tmp_path / "run", expected_nodes=2, resume=True)
+            run_federation(config, nodes, tmp_path / "run", expected_nodes=len(nodes.views), resume=True)
         assert "\n" not in str(info.value)
+    assert (tmp_path / "run" / "config.json").exists() and not (tmp_path / "run" / "metrics.json").exists()
+    with pytest.raises(FedrecError, match="already holds a run; resume it"):  # a fresh run would destroy it
+        run_federation(config, _nodes(config, tmp_path / "nodes", 2), tmp_path / "run", expected_nodes=2)
     other = load_config(None, SYNTHETIC + RESUMED + ["train.local_lr=0.5"])
     with pytest.raises(FedrecError, match="different config"):
-        run_federation(other, InProcessNodes([load_node(other, k, 2, tmp_path / "nodes") for k in range(2)]),
-                       tmp_path / "run", expected_nodes=2, resume=True)
+        run_federation(other, _nodes(other, tmp_path / "nodes", 2), tmp_path / "run", expected_nodes=2, resume=True)
     finished = load_config(None, SYNTHETIC + ["train.rounds=2"])
-    run_federation(finished, InProcessNodes([load_node(finished, k, 2, tmp_path / "f-nodes") for k in range(2)]),
-                   tmp_path / "finished", expected_nodes=2)
+    run_federation(finished, _nodes(finished, tmp_path / "f-nodes", 2), tmp_path / "finished", expected_nodes=2)
     with pytest.raises(FedrecError, match="set train.rounds higher"):
-        run_federation(finished, InProcessNodes([load_node(finished, k, 2, tmp_path / "f-nodes") for k in range(2)]),
-                       tmp_path / "finished", expected_nodes=2, resume=True)
+        run_federation(finished, _nodes(finished, tmp_path / "f-nodes", 2), tmp_path / "finished", expected_nodes=2,
+                       resume=True)
+
+
+def test_an_unwritable_state_dir_is_a_one_line_error_at_start(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(FedrecError, match="state-dir") as info:
+        load_node(load_config(None, SYNTHETIC), 0, 2, blocker / "nodes")
+    assert "\n" not in str(info.value)
+
+
+def test_the_simulator_does_not_count_constant_tables_as_downloaded():
+    from fedrec.federated.server import download_bytes
+    from fedrec.models.registry import build_model
+
+    model = build_model("text_bpr", {"dim": 4}, 5, 7, item_text=torch.zeros(7, 3))
+    trained = 4 * (7 * 4 + 7 + 3 * 4 + 4)  # item_vec, item_bias, adapter_w, adapter_b (float32)
+    assert download_bytes(model, 2) == 2 * trained

@@ -2,8 +2,10 @@
 
 Run config (``flwr run --run-config``): ``job`` (the resolved fedrec config as JSON), ``out-dir``
 (where the server writes its outputs), ``nodes`` (SuperNodes to wait for), ``round-timeout`` and
-``connect-timeout`` (seconds). Node config (``flower-supernode --node-config``): ``partition-id``,
-``num-partitions`` and optionally ``data-dir`` (the folder holding the datasets on that machine).
+``connect-timeout`` (seconds), ``resume`` (continue the run in ``out-dir`` from its checkpoint). Node
+config (``flower-supernode --node-config``): ``partition-id``, ``num-partitions`` and optionally
+``data-dir`` (the folder holding the datasets on that machine) and ``state-dir`` (where the node saves
+its users' private rows after every round, for a resume).
 
 Message types the ClientApp answers: ``query`` (partition), ``train``, ``evaluate``, and under secure
 aggregation ``train.secagg_advertise``, ``train.secagg_share_keys``, ``train.secagg_masked_input`` and
@@ -85,7 +87,7 @@ def server_main(grid: Grid, context: Context) -> None:
         config = job_config(run_config)
         run_federation(config, GridTransport(grid), out_dir, int(run_config.get("nodes", 1)),
                        float(run_config.get("round-timeout", 300.0)), float(run_config.get("connect-timeout", 120.0)),
-                       resume=bool(run_config.get("resume", False)))
+                       resume=str(run_config.get("resume", False)).strip().lower() in ("true", "1", "yes"))
     except Exception as error:
         out_dir.mkdir(parents=True, exist_ok=True)
         reason = str(error) if isinstance(error, FedrecError) else f"{type(error).__name__}: {error}"

@@ -22,7 +22,7 @@ def register(app: typer.Typer) -> None:
         round_timeout: Annotated[float, typer.Option("--round-timeout", help="Seconds to wait for the nodes' answers in a round; a node that misses it is dropped.")] = 300.0,
         connect_timeout: Annotated[float, typer.Option("--connect-timeout", help="Seconds to wait for the SuperLink and all SuperNodes to come up.")] = 120.0,
         app_only: Annotated[bool, typer.Option("--app-only", help="Only write the Flower app and run config to --out (for a multi-machine deployment; see docs/deploy.md).")] = False,
-        resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in --out from its checkpoint and the SuperNodes' saved states (same config and --nodes).")] = False,
+        resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its checkpoint and the SuperNodes' saved states (same config and --nodes; a higher train.rounds extends a finished run).")] = False,
         quiet: Annotated[bool, typer.Option("--quiet", help="No per-round output.")] = False,
     ) -> None:
         """Run a federated job on Flower: a SuperLink and --nodes SuperNodes on 127.0.0.1, stopped at the end."""

@@ -257,10 +257,12 @@ def deploy(config: RunConfig, nodes: int, out_dir: Path, round_timeout: float = 
     out_dir.mkdir(parents=True, exist_ok=True)
     if not resume and ((out_dir / CHECKPOINT_NAME).exists() or (out_dir / "metrics.json").exists()):
         raise FedrecError(f"{out_dir} already holds a run; pass --resume to continue it or choose another --out")
+    shown_round = 0  # history lines up to this round were shown (by the interrupted run)
     if resume and (out_dir / CHECKPOINT_NAME).exists():
         from fedrec.flower.federation import load_deployment
 
-        load_deployment(out_dir, config)  # a one-line error here rather than from inside the ServerApp
+        saved = load_deployment(out_dir, config)  # a one-line error here rather than from inside the ServerApp
+        shown_round = int(saved[1]["round"]) if saved is not None else 0
     (out_dir / SERVER_ERROR_FILE).unlink(missing_ok=True)
     app_dir, run_config = write_app(out_dir, config, nodes, round_timeout, connect_timeout, resume)
     home = out_dir / "flower" / "home"
@@ -294,6 +296,12 @@ def deploy(config: RunConfig, nodes: int, out_dir: Path, round_timeout: float = 
                     "--port", str(port), "--node-config", node_config])
             if on_cluster is not None:
                 on_cluster(cluster)
+            metrics_file = out_dir / "metrics.json"
+            previous_metrics = metrics_file.stat().st_mtime_ns if metrics_file.exists() else None
+
+            def finished() -> bool:  # this run's metrics.json (a resumed run's earlier one does not count)
+                return metrics_file.exists() and metrics_file.stat().st_mtime_ns != previous_metrics
+
             submitted = subprocess.run(
                 [_bin("flwr"), "run", str(app_dir), CONNECTION, "--run-config", str(run_config), "--format", "json"],
                 capture_output=True, text=True, env=env, timeout=connect_timeout, cwd=out_dir)
@@ -310,26 +318,27 @@ def deploy(config: RunConfig, nodes: int, out_dir: Path, round_timeout: float = 
             exchanges = 2 + (len(STAGES) if config.privacy.secure_aggregation else 0)
             bound = 2 * connect_timeout + (exchanges * config.train.rounds + 2) * round_timeout
             deadline = time.monotonic() + bound
-            shown, next_status = 0, time.monotonic() + 15.0
+            next_status = time.monotonic() + 15.0
             while True:
                 cluster.refresh()
                 if history.exists():
                     records = [json.loads(line) for line in history.read_text().splitlines() if line.strip()]
-                    for record in records[shown:]:
-                        if on_round is not None:
-                            on_round(record)
-                    shown = max(shown, len(records))
-                if (out_dir / "metrics.json").exists():
-                    return json.loads((out_dir / "metrics.json").read_text())
+                    for record in records:
+                        if record["round"] > shown_round:
+                            if on_round is not None:
+                                on_round(record)
+                            shown_round = record["round"]
+                if finished():
+                    return json.loads(metrics_file.read_text())
                 if (out_dir / SERVER_ERROR_FILE).exists():
                     raise FedrecError((out_dir / SERVER_ERROR_FILE).read_text().strip())
                 if not cluster.alive("superlink"):
                     raise FedrecError(f"the SuperLink stopped during the run; see {out_dir}/flower/logs/superlink.log")
                 if time.monotonic() > next_status:
                     status, details = _run_status(cluster, run_id)
-                    if status.startswith("finished") and not (out_dir / "metrics.json").exists():
+                    if status.startswith("finished") and not finished():
                         time.sleep(1.0)  # the ServerApp may still be writing its files
-                        if not (out_dir / "metrics.json").exists() and not (out_dir / SERVER_ERROR_FILE).exists():
+                        if not finished() and not (out_dir / SERVER_ERROR_FILE).exists():
                             raise FedrecError(f"the Flower run ended ({status}) without results: {details or 'no details'}; "
                                               f"see {out_dir}/flower/logs/")
                     next_status = time.monotonic() + 15.0

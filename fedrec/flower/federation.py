@@ -21,6 +21,7 @@ on the nodes) and ``metrics.json``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import time
@@ -43,7 +44,7 @@ from fedrec.flower.codec import (merge_in_cohort_order, record_to_tensors, recor
                                  tensors_to_record)
 from fedrec.flower.codec import record_to_upload
 from fedrec.flower.local_dp import mean_of_noisy_sums
-from fedrec.flower.node import (CLIENTS, FINAL_REFIT, FINETUNE, INFO, METRICS, RESULT, RESUME, SHARED, TASK, UPDATE,
+from fedrec.flower.node import (CLIENTS, FINAL_REFIT, FINETUNE, INFO, METRICS, RESULT, JOB, SHARED, TASK, UPDATE,
                                 ITEM_INPUTS, combine_metrics)
 from fedrec.models.base import RecModel, num_catalogue_items
 from fedrec.models.registry import IMPLICIT_MODELS, build_model, model_options
@@ -82,6 +83,7 @@ class Population:
     global_mean: float
     rating_range: tuple[float, float] | None = None  # the public rating scale, when the data has one
     item_inputs: dict[str, Tensor] = field(default_factory=dict)  # public item tensors the model is built from
+    partitions: list[int] = field(default_factory=list)  # the partition id of each of ``nodes``
 
 
 def wait_for_nodes(transport: Transport, expected: int, timeout: float, poll: float = 0.25) -> list[int]:
@@ -97,10 +99,14 @@ def wait_for_nodes(transport: Transport, expected: int, timeout: float, poll: fl
         time.sleep(poll)
 
 
-def discover(transport: Transport, nodes: list[int], timeout: float, resume_round: int = 0) -> Population:
-    """Ask every node for its partition and check that together they hold every client exactly once;
-    ``resume_round``: the run resumes after that many rounds, and the nodes restore their state from then."""
-    query = RecordDict({RESUME: ConfigRecord({"round": resume_round})} if resume_round else {})
+def discover(transport: Transport, nodes: list[int], timeout: float, job: str = "job", resume_round: int = 0,
+             dropped: list[int] | None = None) -> Population:
+    """Ask every node for its partition and check that together they hold every client exactly once.
+
+    ``job`` names the nodes' saved states; ``resume_round``: the run resumes after that many rounds and the
+    nodes restore their state from then, except those of the ``dropped`` partitions (lost before it).
+    """
+    query = RecordDict({JOB: ConfigRecord({"token": job, "resume_round": resume_round, "dropped": list(dropped or [])})})
     replies = transport.exchange({node: query for node in nodes}, "query", 0, timeout)
     missing = [node for node in nodes if node not in replies]
     if missing:
@@ -130,7 +136,8 @@ def discover(transport: Transport, nodes: list[int], timeout: float, resume_roun
     count = sum(int(info["rating_count"]) for info in infos.values())
     rating_range = (float(first["rating_low"]), float(first["rating_high"])) if "rating_low" in first else None
     return Population(list(nodes), owner, sizes, int(first["num_users"]), int(first["num_items"]), total / max(count, 1),
-                      rating_range, agreed_item_inputs(replies))
+                      rating_range, agreed_item_inputs(replies),
+                      [int(infos[node]["partition_id"]) for node in nodes])
 
 
 def agreed_item_inputs(replies: dict[int, RecordDict]) -> dict[str, Tensor]:
@@ -138,8 +145,10 @@ def agreed_item_inputs(replies: dict[int, RecordDict]) -> dict[str, Tensor]:
     tables = [record_to_tensors(reply.array_records[ITEM_INPUTS]) if ITEM_INPUTS in reply.array_records else {}
               for reply in replies.values()]
     first = tables[0]
-    for other in tables[1:]:
-        if sorted(other) != sorted(first) or any(not torch.equal(other[name], first[name]) for name in first):
+    for other in tables[1:]:  # a tolerance: machines with other CPUs or BLAS may differ in the last bits
+        if sorted(other) != sorted(first) or any(other[name].shape != first[name].shape or
+                                                 not torch.allclose(other[name], first[name], atol=1e-4, rtol=0)
+                                                 for name in first):
             raise FedrecError("the SuperNodes built different item text embeddings; give every node the same job, "
                               "item data and text encoder (model.text_encoder)")
     return first
@@ -235,17 +244,23 @@ def run_federation(config: RunConfig, transport: Transport, out_dir: Path, expec
     check_deployable(config)
     torch.use_deterministic_algorithms(True, warn_only=True)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if not resume and (out_dir / CHECKPOINT_NAME).exists():
+        raise FedrecError(f"{out_dir} already holds a run; resume it (fedrec deploy --resume, or resume = true in the "
+                          "run config) or choose another out-dir")
     saved = load_deployment(out_dir, config) if resume else None
     resume_round = int(saved[1]["round"]) if saved is not None else 0
-    if saved is not None:
-        discard_stale_metrics(out_dir, resume_round, config.train.rounds)
-    atomic_write_text(out_dir / "config.json", config_to_json(config) + "\n")
+    dropped = [int(p) for p in saved[1].get("dropped_partitions", [])] if saved is not None else []
     began = time.perf_counter() - (float(saved[1]["seconds"]) if saved is not None else 0.0)
     nodes = wait_for_nodes(transport, expected_nodes, connect_timeout)
     from fedrec.flower.secure import check_secure_deployment
 
     check_secure_deployment(config, len(nodes))
-    population = discover(transport, nodes, max(round_timeout, connect_timeout), resume_round)  # first ClientApp imports
+    population = discover(transport, nodes, max(round_timeout, connect_timeout),  # start-up: first ClientApp imports
+                          job_token(config, out_dir), resume_round, dropped)
+    if saved is not None:  # the nodes are back with their states: only now is the earlier finish out of date
+        _check_item_inputs(saved[0], population)
+        discard_stale_metrics(out_dir, resume_round, config.train.rounds)
+    atomic_write_text(out_dir / "config.json", config_to_json(config) + "\n")
     model = server_model(config, population)
     eligible = population.sizes > 0  # as the simulator: clients without training data are never sampled
     # calibrated once, before the first round (a resumed run keeps the noise it was calibrated to)
@@ -262,7 +277,7 @@ def run_federation(config: RunConfig, transport: Transport, out_dir: Path, expec
     shapes = shared_shapes(model)
     server_state: dict[str, Tensor] = {}
     privacy_state: dict[str, Tensor] = {}
-    live = list(nodes)
+    live = [node for node, partition in zip(population.nodes, population.partitions) if partition not in dropped]
     history: list[dict[str, Any]] = []
     bytes_up = bytes_down = 0
     if saved is not None:
@@ -349,10 +364,12 @@ def run_federation(config: RunConfig, transport: Transport, out_dir: Path, expec
             record.update({key: value for key, value in final.items() if not key.startswith("finetuned_")})
         record["seconds"] = round(time.perf_counter() - began, 4)
         history.append(record)
-        if rounds_done % config.train.checkpoint_every == 0 or last:  # before the history line that announces it
-            _save(out_dir, shared, server_state, _checkpoint_meta(config, record, bytes_up, bytes_down, privacy),
-                  privacy_state)
+        # the history first: a resume keeps the lines up to its checkpoint's round and redoes the rest
         atomic_write_text(out_dir / "history.jsonl", "".join(json.dumps(entry) + "\n" for entry in history))
+        if rounds_done % config.train.checkpoint_every == 0 or last:
+            dropped = [partition for node, partition in zip(population.nodes, population.partitions) if node not in live]
+            _save(out_dir, shared, server_state,
+                  _checkpoint_meta(config, record, bytes_up, bytes_down, privacy, dropped), privacy_state)
         if on_round is not None:
             on_round(record)
     finetuned = any(key.startswith("finetuned_") for key in final)
@@ -363,8 +380,9 @@ def run_federation(config: RunConfig, transport: Transport, out_dir: Path, expec
                                        and bool(config.train.refit_private_epochs)),  # resumed after the last round
                           finetune=bool(config.eval.finetune_epochs))
     if stop_reason is not None:
+        dropped = [partition for node, partition in zip(population.nodes, population.partitions) if node not in live]
         _save(out_dir, shared, server_state, _checkpoint_meta(config, {"round": rounds_done, "seconds": round(
-            time.perf_counter() - began, 4)}, bytes_up, bytes_down, privacy), privacy_state)
+            time.perf_counter() - began, 4)}, bytes_up, bytes_down, privacy, dropped), privacy_state)
     metrics: dict[str, Any] = dict(final)
     metrics.update(
         mode="federated", runtime="flower", rounds=rounds_done, seconds=round(time.perf_counter() - began, 3),
@@ -409,6 +427,23 @@ def _secure_sum(transport: Transport, model: RecModel, settings: FedAvgSettings,
                           f"in {out_dir})") from None
 
 
+def job_token(config: RunConfig, out_dir: Path) -> str:
+    """A short name for this job (its resumable settings and run directory): the nodes' saved states carry it."""
+    from fedrec.runtime.trainer import comparable_config
+
+    text = json.dumps(comparable_config(config_to_json(config)), sort_keys=True) + str(out_dir.resolve())
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _check_item_inputs(tensors: dict[str, Tensor], population: Population) -> None:
+    """A resumed text model's nodes must have built the item text embeddings the checkpoint was trained with."""
+    saved, built = tensors.get("param/item_text"), population.item_inputs.get("item_text")
+    if saved is not None and built is not None and (saved.shape != built.shape or
+                                                    not torch.allclose(saved, built, atol=1e-4, rtol=0)):
+        raise FedrecError("the SuperNodes built other item text embeddings than the interrupted run used; give them "
+                          "the same item data and text encoder (model.text_encoder), or start the run over")
+
+
 def load_deployment(out_dir: Path, config: RunConfig) -> tuple[dict[str, Tensor], dict[str, Any]] | None:
     """The checkpoint of an interrupted deployment in ``out_dir`` (None: none there, the run starts fresh)."""
     from fedrec.runtime.trainer import comparable_config
@@ -427,9 +462,10 @@ def load_deployment(out_dir: Path, config: RunConfig) -> tuple[dict[str, Tensor]
 
 
 def _checkpoint_meta(config: RunConfig, record: dict[str, Any], bytes_up: int, bytes_down: int,
-                     privacy: CentralDP | LocalDP | None) -> dict[str, Any]:
+                     privacy: CentralDP | LocalDP | None, dropped_partitions: list[int]) -> dict[str, Any]:
     meta: dict[str, Any] = {"round": record["round"], "seconds": record["seconds"], "bytes_up": bytes_up,
-                            "bytes_down": bytes_down, "config": config_to_json(config), "runtime": "flower"}
+                            "bytes_down": bytes_down, "config": config_to_json(config), "runtime": "flower",
+                            "dropped_partitions": dropped_partitions}  # a resume keeps them dropped
     if isinstance(privacy, CentralDP):
         meta["noise_multiplier"] = privacy.noise_multiplier
     return meta

@@ -44,8 +44,8 @@ INFO, TASK, SHARED, UPDATE, RESULT, METRICS, CLIENTS, PRIVATE = (
     "info", "task", "shared", "update", "result", "metrics", "clients", "private")
 ITEM_INPUTS = "item_inputs"  # in a query reply: the public item tensors the model is built from (item_text)
 RESIDUALS = "residuals"  # node state: its clients' compression residuals
-RESUME = "resume"  # in a query: the run resumes after this many finished rounds (restore the saved state)
-KEPT_ROUNDS = 2  # saved states a node keeps: the server's checkpoint may be one round behind the node
+JOB = "job"  # in a query: the job's token (names the node's saved states), the round a resumed run continues
+# after (0: a fresh run) and the partitions dropped before it; kept in the node state under the same name
 FINAL_REFIT = "final_refit"  # in an evaluate message: refit the private rows first (train.refit_private_epochs)
 FINETUNE = "finetune"  # in an evaluate message: also report every client fine-tuned locally (eval.finetune_epochs)
 RANKING_KEYS = ("hr", "ndcg", "recall", "mrr")  # per-user means that combine exactly across nodes
@@ -115,22 +115,26 @@ def load_node(config: RunConfig, partition_id: int, num_partitions: int, state_d
                               config.eval.sampled_negatives, config.eval.seed)
     return NodeView(config, model, partition_id, num_partitions, clients, np.flatnonzero(is_own_user), data,
                     split, evaluator, exp.partition.num_clients, exp.dataset.num_users, exp.dataset.num_items, ranking,
-                    constant_tables(model), item_inputs(model), exp.partition.client_of_user, state_dir)
+                    constant_tables(model, config.train.seed), item_inputs(model), exp.partition.client_of_user,
+                    _writable(state_dir, partition_id))
 
 
 def describe(view: NodeView, state: RecordDict, content: RecordDict) -> RecordDict:
     """The node's answer to the server's query (the start of a run): partition, population sizes, its clients'
-    sizes. A fresh run starts from the initial private rows; a resumed one (``RESUME`` in the query) restores
-    the node's saved state after the server's last finished round."""
-    resume_round = int(content.config_records[RESUME]["round"]) if RESUME in content.config_records else 0
+    sizes. A fresh run starts from the initial private rows and clears this job's saved states; a resumed one
+    restores the node's state after the server's last finished round (unless the node had been dropped)."""
+    job = content.config_records[JOB] if JOB in content.config_records else ConfigRecord({})
+    token, resume_round = str(job.get("token", "job")), int(job.get("resume_round", 0))
+    dropped = [int(p) for p in job.get("dropped", [])]
+    state.config_records[JOB] = ConfigRecord({"token": token})
     for name in (PRIVATE, RESIDUALS):
         if name in state.array_records:
             del state.array_records[name]
-    if resume_round:
+    if resume_round and view.partition_id not in dropped:
         restore_node_state(view, state, resume_round)
-    elif view.state_dir is not None:
-        for path in view.state_dir.glob(f"{_state_stem(view)}-round-*.safetensors"):
-            path.unlink()  # a fresh run: an earlier run's state must not be resumed into it
+    elif not resume_round and view.state_dir is not None:
+        for path in view.state_dir.glob(f"{_state_stem(view, state)}-round-*.safetensors"):
+            path.unlink()  # a fresh run of this job: an earlier attempt's state must not be resumed into it
     ratings = view.split.train.ratings.astype(np.float64)
     info = ConfigRecord({
         "partition_id": view.partition_id, "num_partitions": view.num_partitions, "num_clients": view.num_clients,
@@ -154,12 +158,27 @@ def item_inputs(model: RecModel) -> dict[str, Tensor]:
     return {"item_text": item_text} if item_text is not None else {}
 
 
-def constant_tables(model: RecModel) -> dict[str, Tensor]:
+def _writable(state_dir: Path | None, partition_id: int) -> Path | None:
+    """``state_dir``, created and checked writable at start-up (a one-line error now, not a dropped node later)."""
+    if state_dir is None:
+        return None
+    probe = state_dir / f".write-check-{partition_id}"
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise FedrecError(f"the SuperNode cannot write its state-dir {state_dir} ({error.strerror}); "
+                          "give --node-config state-dir a writable folder") from None
+    return state_dir
+
+
+def constant_tables(model: RecModel, seed: int = 0) -> dict[str, Tensor]:
     """The model's shared tables that nobody trains (``trainable=False``), at their fixed values."""
     names = [spec.name for spec in model.param_specs() if spec.is_shared and not spec.trainable]
     if not names:
         return {}
-    values = model.init_params(torch.Generator().manual_seed(0))
+    values = model.init_params(torch.Generator().manual_seed(seed))
     return {name: values[name] for name in names}
 
 
@@ -207,13 +226,16 @@ def handle_train(view: NodeView, state: RecordDict, content: RecordDict) -> Reco
     return reply
 
 
-def _state_stem(view: NodeView) -> str:
-    return f"partition-{view.partition_id}-of-{view.num_partitions}"
+def _state_stem(view: NodeView, state: RecordDict, num_partitions: int | str | None = None) -> str:
+    """The file-name stem of this node's saved states for the job named in ``state`` (see :data:`JOB`)."""
+    token = str(state.config_records[JOB]["token"]) if JOB in state.config_records else "job"
+    return f"{token}-partition-{view.partition_id}-of-{num_partitions or view.num_partitions}"
 
 
-def _state_path(view: NodeView, rounds_done: int) -> Path:
+def _saved_rounds(view: NodeView, state: RecordDict) -> dict[int, Path]:
     assert view.state_dir is not None
-    return view.state_dir / f"{_state_stem(view)}-round-{rounds_done}.safetensors"
+    return {int(path.stem.rsplit("-", 1)[1]): path
+            for path in view.state_dir.glob(f"{_state_stem(view, state)}-round-*.safetensors")}
 
 
 def _needs_saved_state(view: NodeView) -> bool:
@@ -232,11 +254,11 @@ def save_node_state(view: NodeView, state: RecordDict, rounds_done: int) -> None
     tensors = {f"private/{name}": value for name, value in private_rows(view, state).items()}
     if RESIDUALS in state.array_records:
         tensors.update({f"residuals/{k}": v for k, v in record_to_tensors(state.array_records[RESIDUALS]).items()})
-    view.state_dir.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(_state_path(view, rounds_done), tensors, {"round": rounds_done, "config": config_to_json(view.config)})
+    save_checkpoint(view.state_dir / f"{_state_stem(view, state)}-round-{rounds_done}.safetensors", tensors,
+                    {"round": rounds_done, "config": config_to_json(view.config)})
     kept = view.config.train.checkpoint_every + 1
-    for path in view.state_dir.glob(f"{_state_stem(view)}-round-*.safetensors"):
-        if int(path.stem.rsplit("-", 1)[1]) <= rounds_done - kept:
+    for saved_round, path in _saved_rounds(view, state).items():
+        if saved_round <= rounds_done - kept:
             path.unlink(missing_ok=True)
 
 
@@ -248,10 +270,17 @@ def restore_node_state(view: NodeView, state: RecordDict, rounds_done: int) -> N
     if view.state_dir is None:
         raise FedrecError(f"{node} keeps no state, so its users' private rows cannot be resumed; start it with "
                           "--node-config 'state-dir=DIR' (fedrec deploy does) or start the run over")
-    path = _state_path(view, rounds_done)
-    if not path.exists():
+    saved = _saved_rounds(view, state)
+    if rounds_done not in saved:
+        others = sorted({path.stem.split("-of-")[1].split("-")[0]
+                         for path in view.state_dir.glob(f"{_state_stem(view, state, '*')}-round-*.safetensors")}
+                        - {str(view.num_partitions)})
+        if others:
+            raise FedrecError(f"{node} saved its state as one of {' or '.join(others)} partitions; resume with "
+                              f"--nodes {others[0]} (num-partitions={others[0]})")
         raise FedrecError(f"{node} has no saved state after round {rounds_done} in {view.state_dir}; give it the "
                           "state-dir of the interrupted run, or start the run over")
+    path = saved[rounds_done]
     from fedrec.runtime.trainer import comparable_config
 
     tensors, meta = load_checkpoint(path)
@@ -263,6 +292,9 @@ def restore_node_state(view: NodeView, state: RecordDict, rounds_done: int) -> N
     residuals = {k[len("residuals/"):]: v for k, v in tensors.items() if k.startswith("residuals/")}
     if residuals:
         state.array_records[RESIDUALS] = tensors_to_record(residuals)
+    for later, stale in saved.items():  # states of the abandoned rounds after it: this run redoes them
+        if later > rounds_done:
+            stale.unlink(missing_ok=True)
 
 
 def _train_round(view: NodeView, state: RecordDict, content: RecordDict) -> RecordDict:
