@@ -122,7 +122,8 @@ def main() -> None:
         f"Seconds per round include the periodic evaluation ({args.threads} torch thread(s) per run, {args.jobs} "
         "run(s) at once). Hyperparameters, the federated rounds and the centralised epochs alike, were chosen "
         "on the validation interaction, never on the test one. Overrides for every run: "
-        + (", ".join(f"`{o}`" for o in args.overrides) or "none") + ".\n")
+        + (", ".join(f"`{o}`" for o in args.overrides) + " (the configs' settings as chosen without them, not "
+           "re-tuned)" if args.overrides else "none") + ".\n")
     print(body)
     if not args.no_write:
         title = "Top-K ranking: federated vs centralised (leave-last-out, full ranking)"

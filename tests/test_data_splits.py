@@ -202,3 +202,25 @@ def test_random_leave_one_out_holds_out_one_random_interaction_per_user():
     assert keys(again.test) == keys(split.test)
     other = [keys(random_leave_one_out_with_report(inter, seed=s)[0].test) for s in range(1, 8)]
     assert any(o != keys(split.test) for o in other)  # the held-out item is random, not the last row
+
+
+def test_ml100k_time_ties_decide_the_test_item_and_random_order_removes_the_popularity_shift(ml100k_dir) -> None:
+    """The figures the README's "Equal timestamps" paragraph quotes: 415 of 943 users rated their last two items in
+    the same second; ordered by row (item id within a second), the tied test items are the less popular ones."""
+    from fedrec.data import load_dataset
+
+    inter = load_dataset("ml-100k", data_dir=ml100k_dir).interactions
+    by_row = leave_last_out(inter)
+    tied = by_row.test.timestamps == by_row.validation.timestamps[np.argsort(by_row.validation.users)][
+        np.searchsorted(np.sort(by_row.validation.users), by_row.test.users)]
+    assert tied.sum() == 415 and len(tied) == 943
+    counts = np.bincount(inter.items)
+    val_count = counts[by_row.validation.items[np.argsort(by_row.validation.users)]]
+    test_count = counts[by_row.test.items[np.argsort(by_row.test.users)]]
+    tied_sorted = tied[np.argsort(by_row.test.users)]
+    assert np.median(test_count[tied_sorted]) == 79 and np.median(val_count[tied_sorted]) == 134
+    assert abs(np.median(test_count[~tied_sorted]) - np.median(val_count[~tied_sorted])) <= 2
+    random_ties = leave_last_out_with_report(inter, tie_seed=0)[0]
+    row_gap = counts[by_row.validation.items].mean() - counts[by_row.test.items].mean()
+    random_gap = counts[random_ties.validation.items].mean() - counts[random_ties.test.items].mean()
+    assert row_gap > 20 and abs(random_gap) < row_gap / 2
