@@ -200,7 +200,7 @@ def communication_note(comm: dict[str, Any], config: RunConfig) -> str:
 
 
 def _comparable(config_json: str) -> dict[str, Any]:
-    from fedrec.runtime.trainer import _comparable as comparable  # the recommender runs' rule: rounds may grow
+    from fedrec.runtime.trainer import comparable_config as comparable  # the recommender runs' rule: rounds may grow
 
     return comparable(config_json)
 
