@@ -613,3 +613,12 @@ def test_the_simulator_does_not_count_constant_tables_as_downloaded():
     model = build_model("text_bpr", {"dim": 4}, 5, 7, item_text=torch.zeros(7, 3))
     trained = 4 * (7 * 4 + 7 + 3 * 4 + 4)  # item_vec, item_bias, adapter_w, adapter_b (float32)
     assert download_bytes(model, 2) == 2 * trained
+
+
+def test_a_diverging_deployment_stops_at_the_first_non_finite_loss(tmp_path):
+    config = load_config(None, SYNTHETIC + ["train.rounds=6", "train.local_lr=1e6", "train.server_optimizer='sgd'",
+                                            "train.server_lr=1.0"])
+    with pytest.raises(FedrecError, match=r"diverged in round \d+.*train.local_lr") as info:
+        run_federation(config, InProcessNodes([load_node(config, k, 2) for k in range(2)]), tmp_path / "dep",
+                       expected_nodes=2)
+    assert "\n" not in str(info.value) and not (tmp_path / "dep" / "metrics.json").exists()

@@ -305,3 +305,15 @@ def test_extending_a_finished_run_then_interrupting_leaves_it_unfinished(tmp_pat
     assert history_rounds(out) == [1, 2, 3]
     metrics = train(config("federated", 4), out, resume=True)
     assert metrics["rounds"] == 4 and json.loads((out / "metrics.json").read_text())["rounds"] == 4
+
+
+def test_a_diverging_run_stops_at_the_first_non_finite_loss_with_its_finished_rounds_kept(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(FedrecError, match=r"diverged in round (\d+).*train.local_lr") as info:
+        train(config("federated", 8, "train.local_lr=1e6", "train.server_optimizer='sgd'", "train.server_lr=1.0"), out)
+    assert "\n" not in str(info.value)
+    failed = int(str(info.value).split("round ")[1].split(" ")[0])
+    assert 1 < failed < 8
+    _, meta = checkpoint(out)
+    assert meta["round"] == failed - 1 and history_rounds(out) == list(range(1, failed))
+    assert not (out / "metrics.json").exists()

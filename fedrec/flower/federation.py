@@ -238,8 +238,8 @@ def run_federation(config: RunConfig, transport: Transport, out_dir: Path, expec
     secure aggregation runs the protocol among the nodes (:mod:`fedrec.flower.secure`) and the server
     steps from the unmasked sum (central DP then noises that sum).
     """
-    from fedrec.runtime.trainer import budget_stop_reason, fedavg_settings, privacy_settings, privacy_spent, \
-        privacy_summary, public_start_params
+    from fedrec.runtime.trainer import budget_stop_reason, check_training_loss, fedavg_settings, privacy_settings, \
+        privacy_spent, privacy_summary, public_start_params
 
     check_deployable(config)
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -346,6 +346,7 @@ def run_federation(config: RunConfig, transport: Transport, out_dir: Path, expec
             next_state, rejected = server_update(model, state, update, settings, config.train.seed)
         shared, server_state, privacy_state = next_state.params, next_state.optimizer_state, next_state.privacy_state
         record.update(train_loss=loss_sum / max(steps, 1), clients=clients)
+        check_training_loss(config, round_index + 1, record["train_loss"])
         if settings.defence is not None:
             record.update(rejected=sum(rejected.values()), rejected_by_reason=rejected)
         bytes_up += round_up

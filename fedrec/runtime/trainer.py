@@ -194,6 +194,18 @@ def privacy_spent(config: RunConfig, privacy: CentralDP | LocalDP | None, rounds
     return record
 
 
+def check_training_loss(config: RunConfig, round_number: int, loss: float) -> None:
+    """Stop a run whose training loss stopped being a number, in one line, instead of training on NaNs."""
+    if math.isfinite(loss):
+        return
+    train = config.train
+    rates = (f"train.central_lr (now {train.central_lr})" if train.mode == "centralized" else
+             f"train.local_lr (now {train.local_lr}) or train.server_lr (now {train.server_lr})")
+    kept = f" (the checkpoint holds rounds 1-{round_number - 1})" if round_number > 1 else ""
+    raise FedrecError(f"training diverged in round {round_number} (training loss {loss}); lower {rates} and start "
+                      f"the run again{kept}")
+
+
 def budget_stop_reason(config: RunConfig, privacy: CentralDP | LocalDP | None, finished_rounds: int) -> str | None:
     """Why the run stops before round ``finished_rounds + 1`` (it would exceed privacy.epsilon), else None."""
     from fedrec.privacy.accountant import epsilon
@@ -351,6 +363,7 @@ class _Run:
             loss = train_epoch(self.exp.model, self.params, self.central_optimizer, self.exp.clients,
                                self.config.train.central_batch_size, self.config.train.seed, self.round)
             record.update(train_loss=loss)
+        check_training_loss(self.config, self.round + 1, record["train_loss"])
         self.round += 1
         record.update(self.privacy_record(self.round))
         self.seconds += time.perf_counter() - began
