@@ -201,7 +201,7 @@ def check_training_loss(config: RunConfig, round_number: int, loss: float) -> No
     train = config.train
     rates = (f"train.central_lr (now {train.central_lr})" if train.mode == "centralized" else
              f"train.local_lr (now {train.local_lr}) or train.server_lr (now {train.server_lr})")
-    kept = f" (the checkpoint holds rounds 1-{round_number - 1})" if round_number > 1 else ""
+    kept = " (the checkpoint keeps the last round saved before it)" if round_number > 1 else ""
     raise FedrecError(f"training diverged in round {round_number} (training loss {loss}); lower {rates} and start "
                       f"the run again{kept}")
 
