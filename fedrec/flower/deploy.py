@@ -286,8 +286,8 @@ def deploy(config: RunConfig, nodes: int, out_dir: Path, round_timeout: float = 
                 raise FedrecError(f"the SuperLink exited at start ({_last_line(out_dir / 'flower/logs/superlink.log')}); "
                                   f"see {out_dir}/flower/logs/superlink.log")
             data_dir = config.data.data_dir or os.environ.get("FEDREC_DATA", "")
+            state_dir = out_dir / "flower" / "nodes"  # every node's saved states, for --resume
             for index, port in enumerate(node_ports):
-                state_dir = out_dir / "flower" / "nodes"
                 node_config = f"partition-id={index} num-partitions={nodes} state-dir={json.dumps(str(state_dir))}"
                 if data_dir:
                     node_config += f" data-dir={json.dumps(str(Path(data_dir).resolve()))}"

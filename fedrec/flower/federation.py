@@ -52,7 +52,7 @@ from fedrec.privacy.cohort_sum import sum_layout
 from fedrec.privacy.dp import CentralDP
 from fedrec.privacy.ldp import LocalDP
 from fedrec.runtime.checkpoint import (CHECKPOINT_NAME, atomic_write_text, check_resumable, discard_stale_metrics,
-                                       finished_history, load_checkpoint, save_checkpoint)
+                                       finished_history, load_checkpoint, save_checkpoint, tensors_under)
 
 if TYPE_CHECKING:
     from fedrec.flower.secure import SecureRound
@@ -84,6 +84,10 @@ class Population:
     rating_range: tuple[float, float] | None = None  # the public rating scale, when the data has one
     item_inputs: dict[str, Tensor] = field(default_factory=dict)  # public item tensors the model is built from
     partitions: list[int] = field(default_factory=list)  # the partition id of each of ``nodes``
+
+    def lost(self, live: list[int]) -> list[int]:
+        """The partition ids of the nodes not in ``live`` (dropped during the run)."""
+        return sorted(partition for node, partition in zip(self.nodes, self.partitions) if node not in live)
 
 
 def wait_for_nodes(transport: Transport, expected: int, timeout: float, poll: float = 0.25) -> list[int]:
@@ -145,18 +149,21 @@ def agreed_item_inputs(replies: dict[int, RecordDict]) -> dict[str, Tensor]:
     tables = [record_to_tensors(reply.array_records[ITEM_INPUTS]) if ITEM_INPUTS in reply.array_records else {}
               for reply in replies.values()]
     first = tables[0]
-    for other in tables[1:]:  # a tolerance: machines with other CPUs or BLAS may differ in the last bits
-        if sorted(other) != sorted(first) or any(other[name].shape != first[name].shape or
-                                                 not torch.allclose(other[name], first[name], atol=1e-4, rtol=0)
-                                                 for name in first):
+    for other in tables[1:]:
+        if sorted(other) != sorted(first) or not all(_same_table(other[name], first[name]) for name in first):
             raise FedrecError("the SuperNodes built different item text embeddings; give every node the same job, "
                               "item data and text encoder (model.text_encoder)")
     return first
 
 
+def _same_table(a: Tensor, b: Tensor) -> bool:
+    """Equal up to the last bits that machines with other CPUs or BLAS may disagree on."""
+    return a.shape == b.shape and torch.allclose(a, b, atol=1e-4, rtol=0)
+
+
 def sent_record(shared: dict[str, Tensor], model: RecModel) -> ArrayRecord:
     """The shared tensors the server sends: every node already holds the constant tables it built."""
-    constant = {spec.name for spec in model.param_specs() if spec.is_shared and not spec.trainable}
+    constant = set(model.constant_names())
     return tensors_to_record({name: value for name, value in shared.items() if name not in constant})
 
 
@@ -283,8 +290,8 @@ def run_federation(config: RunConfig, transport: Transport, out_dir: Path, expec
     if saved is not None:
         tensors, meta = saved
         shared = {name: tensors[f"param/{name}"] for name in shared}
-        server_state = {k[len("server/"):]: v for k, v in tensors.items() if k.startswith("server/")}
-        privacy_state = {k[len("privacy/"):]: v for k, v in tensors.items() if k.startswith("privacy/")}
+        server_state = tensors_under(tensors, "server/")
+        privacy_state = tensors_under(tensors, "privacy/")
         bytes_up, bytes_down = int(meta["bytes_up"]), int(meta["bytes_down"])
         history = finished_history(out_dir / "history.jsonl", resume_round)
     stop_reason: str | None = None
@@ -368,9 +375,8 @@ def run_federation(config: RunConfig, transport: Transport, out_dir: Path, expec
         # the history first: a resume keeps the lines up to its checkpoint's round and redoes the rest
         atomic_write_text(out_dir / "history.jsonl", "".join(json.dumps(entry) + "\n" for entry in history))
         if rounds_done % config.train.checkpoint_every == 0 or last:
-            dropped = [partition for node, partition in zip(population.nodes, population.partitions) if node not in live]
             _save(out_dir, shared, server_state,
-                  _checkpoint_meta(config, record, bytes_up, bytes_down, privacy, dropped), privacy_state)
+                  _checkpoint_meta(config, record, bytes_up, bytes_down, privacy, population.lost(live)), privacy_state)
         if on_round is not None:
             on_round(record)
     finetuned = any(key.startswith("finetuned_") for key in final)
@@ -381,9 +387,8 @@ def run_federation(config: RunConfig, transport: Transport, out_dir: Path, expec
                                        and bool(config.train.refit_private_epochs)),  # resumed after the last round
                           finetune=bool(config.eval.finetune_epochs))
     if stop_reason is not None:
-        dropped = [partition for node, partition in zip(population.nodes, population.partitions) if node not in live]
         _save(out_dir, shared, server_state, _checkpoint_meta(config, {"round": rounds_done, "seconds": round(
-            time.perf_counter() - began, 4)}, bytes_up, bytes_down, privacy, dropped), privacy_state)
+            time.perf_counter() - began, 4)}, bytes_up, bytes_down, privacy, population.lost(live)), privacy_state)
     metrics: dict[str, Any] = dict(final)
     metrics.update(
         mode="federated", runtime="flower", rounds=rounds_done, seconds=round(time.perf_counter() - began, 3),
@@ -439,8 +444,7 @@ def job_token(config: RunConfig, out_dir: Path) -> str:
 def _check_item_inputs(tensors: dict[str, Tensor], population: Population) -> None:
     """A resumed text model's nodes must have built the item text embeddings the checkpoint was trained with."""
     saved, built = tensors.get("param/item_text"), population.item_inputs.get("item_text")
-    if saved is not None and built is not None and (saved.shape != built.shape or
-                                                    not torch.allclose(saved, built, atol=1e-4, rtol=0)):
+    if saved is not None and built is not None and not _same_table(saved, built):
         raise FedrecError("the SuperNodes built other item text embeddings than the interrupted run used; give them "
                           "the same item data and text encoder (model.text_encoder), or start the run over")
 

@@ -37,7 +37,7 @@ from fedrec.flower.codec import record_to_tensors, tensors_to_record, update_to_
 from fedrec.models.base import ParamKind, RecModel
 from fedrec.models.registry import IMPLICIT_MODELS
 from fedrec.models.sequence import SASRec, SequenceEvaluator, prepare_sequence
-from fedrec.runtime.checkpoint import load_checkpoint, save_checkpoint
+from fedrec.runtime.checkpoint import load_checkpoint, save_checkpoint, tensors_under
 
 # record names used in messages and node state
 INFO, TASK, SHARED, UPDATE, RESULT, METRICS, CLIENTS, PRIVATE = (
@@ -133,7 +133,7 @@ def describe(view: NodeView, state: RecordDict, content: RecordDict) -> RecordDi
     if resume_round and view.partition_id not in dropped:
         restore_node_state(view, state, resume_round)
     elif not resume_round and view.state_dir is not None:
-        for path in view.state_dir.glob(f"{_state_stem(view, state)}-round-*.safetensors"):
+        for path in _saved_rounds(view, state).values():
             path.unlink()  # a fresh run of this job: an earlier attempt's state must not be resumed into it
     ratings = view.split.train.ratings.astype(np.float64)
     info = ConfigRecord({
@@ -175,7 +175,7 @@ def _writable(state_dir: Path | None, partition_id: int) -> Path | None:
 
 def constant_tables(model: RecModel, seed: int = 0) -> dict[str, Tensor]:
     """The model's shared tables that nobody trains (``trainable=False``), at their fixed values."""
-    names = [spec.name for spec in model.param_specs() if spec.is_shared and not spec.trainable]
+    names = model.constant_names()
     if not names:
         return {}
     values = model.init_params(torch.Generator().manual_seed(seed))
@@ -288,8 +288,8 @@ def restore_node_state(view: NodeView, state: RecordDict, rounds_done: int) -> N
         raise FedrecError(f"{node}: the state in {path} was saved by a different job; resume with the same config "
                           "or start the run over")
     state.array_records[PRIVATE] = tensors_to_record(
-        {k[len("private/"):]: v for k, v in tensors.items() if k.startswith("private/")})
-    residuals = {k[len("residuals/"):]: v for k, v in tensors.items() if k.startswith("residuals/")}
+        tensors_under(tensors, "private/"))
+    residuals = tensors_under(tensors, "residuals/")
     if residuals:
         state.array_records[RESIDUALS] = tensors_to_record(residuals)
     for later, stale in saved.items():  # states of the abandoned rounds after it: this run redoes them

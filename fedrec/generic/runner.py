@@ -29,7 +29,7 @@ from fedrec.generic.data import ClassificationTask, digits_arrays, majority_base
 from fedrec.generic.federated import (GenericSettings, GenericState, LocalSGD, classification_metrics, model_params,
                                       personalised_accuracy, run_generic_round)
 from fedrec.runtime.checkpoint import (CHECKPOINT_NAME, atomic_write_text, check_resumable, discard_stale_metrics,
-                                       finished_history, load_checkpoint, save_checkpoint)
+                                       finished_history, load_checkpoint, save_checkpoint, tensors_under)
 
 RoundCallback = Callable[[dict[str, Any]], None]
 
@@ -214,7 +214,7 @@ def _restore(path: Path, state: GenericState, config: ClassifierConfig) -> tuple
     check_resumable(path, meta, missing, _config_json(config), _comparable, config.train.rounds,
                     "a checkpoint of this classifier")
     params = {k: tensors[f"param/{k}"] for k in state.params}
-    server = {k[len("server/"):]: v for k, v in tensors.items() if k.startswith("server/")}
+    server = tensors_under(tensors, "server/")
     local: dict[int, dict[str, Tensor]] = {}
     for key, value in tensors.items():
         if key.startswith("local/"):

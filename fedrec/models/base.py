@@ -114,6 +114,10 @@ class RecModel(abc.ABC):
         """Every tensor whose deltas clients upload."""
         return [spec.name for spec in self.param_specs() if spec.is_uploaded]
 
+    def constant_names(self) -> list[str]:
+        """The shared tables nobody trains (``trainable=False``, e.g. the text models' ``item_text``)."""
+        return [spec.name for spec in self.param_specs() if spec.is_shared and not spec.trainable]
+
     def similarity_vectors(self, params: dict[str, Tensor]) -> dict[str, Tensor]:
         """The item vectors that define item similarity, by name, each (num_items, ...).
 

@@ -66,6 +66,11 @@ def load_checkpoint(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
         raise FedrecError(f"checkpoint {path} is unreadable ({error}); delete it to start the run over") from None
 
 
+def tensors_under(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """The checkpoint tensors saved under ``prefix`` (e.g. ``"server/"``), keyed by the rest of their name."""
+    return {key[len(prefix):]: value for key, value in tensors.items() if key.startswith(prefix)}
+
+
 def check_resumable(path: Path, meta: dict[str, Any], missing: bool, config_json: str,
                     comparable: Callable[[str], Any], rounds: int, what: str) -> None:
     """Refuse, in one line, to resume from a checkpoint that is not ``what`` (or lacks tensors), was made

@@ -37,7 +37,7 @@ from fedrec.federated.server import FedAvgSettings, ServerState, download_bytes,
 from fedrec.federated.server_opt import ServerOptimizer
 from fedrec.runtime.centralized import CentralSettings, make_optimizer, train_epoch, trained_leaves
 from fedrec.runtime.checkpoint import (CHECKPOINT_NAME, atomic_write_text, check_resumable, discard_stale_metrics,
-                                       finished_history, load_checkpoint, save_checkpoint)
+                                       finished_history, load_checkpoint, save_checkpoint, tensors_under)
 from fedrec.runtime.experiment import Experiment, prepare
 from fedrec.models.base import ParamKind
 from fedrec.privacy.dp import CentralDP
@@ -305,9 +305,9 @@ class _Run:
         with torch.no_grad():
             for name, value in self.params.items():
                 value.copy_(tensors[f"param/{name}"])
-        self.server_state = {k[len("server/"):]: v for k, v in tensors.items() if k.startswith("server/")}
-        self.privacy_state = {k[len("privacy/"):]: v for k, v in tensors.items() if k.startswith("privacy/")}
-        self.client_state = {k[len("client/"):]: v for k, v in tensors.items() if k.startswith("client/")}
+        self.server_state = tensors_under(tensors, "server/")
+        self.privacy_state = tensors_under(tensors, "privacy/")
+        self.client_state = tensors_under(tensors, "client/")
         if isinstance(self.privacy, CentralDP) and "noise_multiplier" in meta:
             # the noise was calibrated to the rounds first configured; a resume with more rounds keeps it
             self.privacy = privacy_settings(self.config, int(self.eligible.sum()), float(meta["noise_multiplier"]))
@@ -327,7 +327,7 @@ class _Run:
         self.bytes_up, self.bytes_down = int(meta["bytes_up"]), int(meta["bytes_down"])
         self.history = finished_history(self.out_dir / "history.jsonl", self.round)
         self.before_refit = meta.get("before_refit")
-        self.trained_private = {k[len("trained/"):]: v for k, v in tensors.items() if k.startswith("trained/")}
+        self.trained_private = tensors_under(tensors, "trained/")
         if self.before_refit is not None and self.round < self.config.train.rounds:
             # extending a finished run: training continues from the private rows it left, not the refitted ones
             with torch.no_grad():

@@ -29,7 +29,7 @@ from fedrec.config import RunConfig, config_to_json
 from fedrec.errors import FedrecError
 from fedrec.federated.server_opt import ServerOptimizer
 from fedrec.runtime.checkpoint import (CHECKPOINT_NAME, atomic_write_text, check_resumable, discard_stale_metrics,
-                                       finished_history, load_checkpoint, save_checkpoint)
+                                       finished_history, load_checkpoint, save_checkpoint, tensors_under)
 from fedrec.runtime.experiment import Experiment, prepare
 from fedrec.text.encoder import TextEncoder
 from fedrec.text.lora import (HEAD_NAMES, FrozenTable, ItemEmbedder, LocalSteps, LoraEncoder, LoraSettings, LoraState,
@@ -155,7 +155,7 @@ def served_params(config: RunConfig, exp: Experiment, tensors: dict[str, Tensor]
     with the trained adapters and, with ``lora.refit_steps``, refitting the user vectors the way
     evaluation does (same seed, same result).
     """
-    saved = {k[len(SERVED) + 1:]: v.float() for k, v in tensors.items() if k.startswith(f"{SERVED}/")}
+    saved = {k: v.float() for k, v in tensors_under(tensors, f"{SERVED}/").items()}
     if saved:
         saved.update({name: tensors[f"shared/{name}"].float() for name in HEAD_NAMES if f"shared/{name}" in tensors})
         if {k: tuple(v.shape) for k, v in saved.items()} != {spec.name: spec.shape for spec in exp.model.param_specs()}:
@@ -227,7 +227,7 @@ def _restore(path: Path, state: LoraState, config: RunConfig) -> tuple[LoraState
     check_resumable(path, meta, bool(_missing_state(tensors, state)), config_to_json(config), _comparable, config.train.rounds,
                     f"a checkpoint of this {MODEL_NAME} run")
     shared = {k: tensors[f"shared/{k}"] for k in state.shared}
-    server = {k[len("server/"):]: v for k, v in tensors.items() if k.startswith("server/")}
+    server = tensors_under(tensors, "server/")
     counters = {k: meta[k] for k in ("seconds", "bytes_up", "bytes_down")}
     return LoraState(int(meta["round"]), shared, tensors["private/user_vec"], server), counters
 
