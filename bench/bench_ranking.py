@@ -11,6 +11,7 @@ baseline in the same protocol and the federated/centralised ratio of the means.
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import tempfile
@@ -40,6 +41,11 @@ def _run(pair: str, mode: str, overrides: list[str], out_dir: Path, threads: int
     return metrics
 
 
+def _cell(value: float, digits: int = 4) -> str:
+    """A table cell; blank for a figure the runs do not have (no validation part with data.train_on_validation)."""
+    return "" if math.isnan(value) else f"{value:.{digits}f}"
+
+
 def _spread(values: list[float]) -> str:
     return f"{min(values):.3f}..{max(values):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
 
@@ -53,16 +59,16 @@ def summarise(results: dict[tuple[str, str], list[dict[str, Any]]], pairs: list[
     per_seed = []
     for pair in pairs:
         fed_runs, central_runs = results[pair, "fedavg"], results[pair, "central"]
-        means = {mode: {k: statistics.mean(r[k] for r in results[pair, mode]) for k in (*KEYS, "round_seconds")}
-                 for mode in MODES}
+        means = {mode: {k: statistics.mean(r.get(k, math.nan) for r in results[pair, mode])
+                        for k in (*KEYS, "round_seconds")} for mode in MODES}
         for mode in MODES:
             if mode == "fedavg":
-                ratios = " | ".join(f"{means['fedavg'][k] / means['central'][k]:.3f}" for k in RATIO_KEYS)
+                ratios = " | ".join(_cell(means['fedavg'][k] / means['central'][k], 3) for k in RATIO_KEYS)
                 spreads = " | ".join(_spread([f[k] / c[k] for f, c in zip(fed_runs, central_runs)])
                                      for k in ("hr@10", "ndcg@10"))
             else:
                 ratios, spreads = " | " * (len(RATIO_KEYS) - 1), " | "
-            rows.append(f"| {pair} | {mode} | " + " | ".join(f"{means[mode][k]:.4f}" for k in KEYS) +
+            rows.append(f"| {pair} | {mode} | " + " | ".join(_cell(means[mode][k]) for k in KEYS) +
                         f" | {ratios} | {spreads} | {means[mode]['round_seconds']:.2f} |")
         per_seed.append(f"{pair}: " + "; ".join(
             f"seed {seed} fed {f['hr@10']:.4f} / {f['ndcg@10']:.4f}, central {c['hr@10']:.4f} / {c['ndcg@10']:.4f}"
@@ -128,7 +134,9 @@ def main() -> None:
     if not args.no_write:
         title = "Top-K ranking: federated vs centralised (leave-last-out, full ranking)"
         if args.section != "ranking":
-            title += ", with " + ", ".join(f"`{o}`" for o in args.overrides)
+            title += ": " + ", ".join(args.pairs)
+            if args.overrides:
+                title += ", with " + ", ".join(f"`{o}`" for o in args.overrides)
         write_section(args.section, title, body)
 
 

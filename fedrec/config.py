@@ -37,6 +37,9 @@ class DataConfig(Section):
     # (in ML-100K's u.data that means a higher item id, so the tied test item tends to be the less popular
     # one); "random": a random order drawn from split_seed.
     time_ties: Literal["row", "random"] = "row"
+    # leave_last_out: train on the validation interaction too, for the final fit once settings were chosen on
+    # validation (the test interaction stays held out; no validation metrics are reported)
+    train_on_validation: bool = False
     min_rating: float | None = None  # keep only interactions rated >= this (explicit data used as implicit)
     # clients: one per user (cross-device) or users grouped into silos (cross-silo)
     clients: Literal["per_user", "silos", "dirichlet"] = "per_user"  # dirichlet: silos skewed over item categories
@@ -135,6 +138,10 @@ class TrainConfig(Section):
     # nothing uploaded; 0: off
     refit_private_epochs: int = Field(default=0, ge=0)
     refit_private_lr: float | None = Field(default=None, gt=0.0)
+    # recency: each user's recency_window latest training interactions appear 1 + recency_repeats times in every
+    # local epoch (centralised: every epoch), on the client's own data (fedrec/data/recency.py); 0: off
+    recency_repeats: int = Field(default=0, ge=0, le=100)
+    recency_window: int = Field(default=5, ge=1)
     # stragglers and dropouts (fedrec/federated/participation.py); all off by default
     client_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)  # probability a sampled client drops out before uploading
     speed_sigma: float = Field(default=0.0, ge=0.0)  # clients' compute speeds ~ log-normal(0, sigma), drawn once
@@ -324,6 +331,12 @@ class RunConfig(Section):
         if self.data.time_ties != "row" and self.data.split != "leave_last_out":
             raise ValueError("data.time_ties orders equal timestamps in data.split = 'leave_last_out'; set that split "
                              "or remove data.time_ties")
+        if self.data.train_on_validation and self.data.split != "leave_last_out":
+            raise ValueError("data.train_on_validation adds the held-out validation interaction of data.split = "
+                             "'leave_last_out' to training; set that split or remove data.train_on_validation")
+        if self.train.recency_repeats and self.model.name == "sasrec":
+            raise ValueError(f"train.recency_repeats repeats each user's latest training interactions, which "
+                             f"model.name={self.model.name!r} does not train on one by one; remove train.recency_repeats")
         self.privacy.check()
         self.defence.check()
         self.attack.check()

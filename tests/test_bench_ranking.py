@@ -36,3 +36,14 @@ def test_one_seed_shows_the_single_ratio(bench):
     results = {("p", "fedavg"): [_metrics(0.09, 0.045)], ("p", "central"): [_metrics(0.10, 0.05)]}
     fed = [c.strip() for c in bench.summarise(results, ["p"])[0][2].split("|")[1:-1]]
     assert fed[10:12] == ["0.900", "0.900"] and fed[14:16] == ["0.900", "0.900"]
+
+
+def test_runs_without_validation_leave_the_validation_cells_blank(bench):
+    # data.train_on_validation: the runs report test metrics only
+    def test_only(hr: float, ndcg: float) -> dict[str, float]:
+        return {k: v for k, v in _metrics(hr, ndcg).items() if not k.startswith("val_")}
+
+    results = {("p", "fedavg"): [test_only(0.09, 0.045)], ("p", "central"): [test_only(0.10, 0.05)]}
+    fed = [c.strip() for c in bench.summarise(results, ["p"])[0][2].split("|")[1:-1]]
+    assert fed[2:6] == ["0.0900", "0.0450", "", ""]
+    assert fed[10:14] == ["0.900", "0.900", "", ""]

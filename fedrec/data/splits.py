@@ -7,6 +7,7 @@ from dataclasses import replace
 import numpy as np
 
 from fedrec.data.dataset import Dataset, Interactions, Split
+from fedrec.data.recency import latest_rank
 from fedrec.errors import FedrecError
 
 
@@ -62,26 +63,21 @@ def leave_last_out_with_report(inter: Interactions, validation: bool = True,
     later), or, with ``tie_seed``, in a random order drawn from that seed. Users with fewer than 3
     interactions (2 without validation) are left out of every part.
     """
-    users = inter.users
     needed = 3 if validation else 2
-    n = len(users)
-    within_tie = np.arange(n) if tie_seed is None else np.random.default_rng(tie_seed).permutation(n)
-    order = np.lexsort((within_tie, inter.timestamps, users))
-    sorted_users = users[order]
-    starts = np.flatnonzero(np.r_[True, sorted_users[1:] != sorted_users[:-1]]) if n else np.zeros(0, np.int64)
-    sizes = np.diff(np.r_[starts, n])
-    from_end = np.repeat(starts + sizes, sizes) - 1 - np.arange(n)  # 0 for each user's last row
-    enough = np.repeat(sizes >= needed, sizes)
-    part = np.full(n, -1, dtype=np.int8)  # -1 excluded, 0 train, 1 validation, 2 test
-    part_sorted = np.where(from_end == 0, 2, np.where((from_end == 1) & validation, 1, 0))
-    part[order] = np.where(enough, part_sorted, -1)
+    n = len(inter)
+    within_tie = None if tie_seed is None else np.random.default_rng(tie_seed).permutation(n)
+    from_end = latest_rank(inter, within_tie)  # 0 for each user's last row
+    sizes = np.bincount(inter.users) if n else np.zeros(0, np.int64)
+    enough = sizes[inter.users] >= needed
+    part = np.where(from_end == 0, 2, np.where((from_end == 1) & validation, 1, 0))  # 0 train, 1 validation, 2 test
+    part = np.where(enough, part, -1)  # -1: excluded
     split = Split(
         train=inter.subset(part == 0),
         test=inter.subset(part == 2),
         validation=inter.subset(part == 1) if validation else None,
         name="leave-last-out",
     )
-    return split, int((sizes < needed).sum())
+    return split, int(((sizes > 0) & (sizes < needed)).sum())
 
 
 def random_leave_one_out_with_report(inter: Interactions, seed: int, validation: bool = True) -> tuple[Split, int]:

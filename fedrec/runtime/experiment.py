@@ -12,6 +12,7 @@ from fedrec.config import RunConfig
 from fedrec.data.dataset import Dataset, Interactions, Split
 from fedrec.data.partition import (Partition, dirichlet_silos, dominant_category, item_categories_from_texts,
                                    per_user_partition, random_silos, silo_feature_values, silos_by_feature)
+from fedrec.data.recency import repeat_latest
 from fedrec.data.registry import canonical_name, load_dataset
 from fedrec.data.splits import (carve_validation, hold_out_items, leave_last_out_with_report, official_split,
                                  random_leave_one_out_with_report, random_ratio_split)
@@ -82,8 +83,12 @@ def make_split(config: RunConfig, dataset: Dataset) -> tuple[Split, int]:
     elif data.split == "ratio":
         split = random_ratio_split(dataset.interactions, data.test_ratio, data.split_seed)
     elif data.split == "leave_last_out":
-        return leave_last_out_with_report(dataset.interactions, validation=True,
-                                          tie_seed=data.split_seed if data.time_ties == "random" else None)
+        split, excluded = leave_last_out_with_report(dataset.interactions, validation=True,
+                                                     tie_seed=data.split_seed if data.time_ties == "random" else None)
+        if data.train_on_validation:  # the final fit: validation joins training, only the test part stays out
+            split = replace(split, train=Interactions.concat([split.train, split.validation]), validation=None,
+                            name=f"{split.name}, trained on validation")
+        return split, excluded
     else:
         return random_leave_one_out_with_report(dataset.interactions, data.split_seed, validation=True)
     if data.validation_ratio > 0:
@@ -158,7 +163,8 @@ def prepare(config: RunConfig) -> Experiment:
     partition = make_partition(config, dataset, split.train)
     population = attack_population(config, dataset, split, partition, ranking)  # + malicious clients under [attack]
     # negatives are sampled from items 0..num_items-1: with the cold-start protocol, the warm items only
-    clients = ClientData.from_interactions(population.train, population.client_of_user, population.num_clients,
+    local_train = repeat_latest(population.train, config.train.recency_window, config.train.recency_repeats)
+    clients = ClientData.from_interactions(local_train, population.client_of_user, population.num_clients,
                                            num_items=warm_items if warm_items is not None else dataset.num_items)
     options = config.model.options()
     if "global_mean" in model_options(config.model.name):
