@@ -68,7 +68,7 @@ def implicit_scores(kind: str, matrix: Any, seed: int, **options: Any) -> np.nda
         model = AlternatingLeastSquares(random_state=seed, **options)
         model.fit((matrix * alpha).tocsr(), show_progress=False)
     else:
-        model = BayesianPersonalizedRanking(random_state=seed, **options)
+        model = BayesianPersonalizedRanking(random_state=seed, num_threads=1, **options)  # one thread: repeatable
         model.fit(matrix, show_progress=False)
     return np.asarray(model.user_factors @ model.item_factors.T, dtype=np.float32)
 
@@ -103,8 +103,9 @@ def evaluate_peer(name: str, grid: dict[str, list[Any]], split: Any, num_users: 
     assert best is not None
     _, setting, val = best
     started = time.perf_counter()
-    test = ranking(peer_scores(name, train, dict(setting), seed), split.test, [split.train, split.validation], num_items)
+    scores = peer_scores(name, train, dict(setting), seed)
     seconds = time.perf_counter() - started
+    test = ranking(scores, split.test, [split.train, split.validation], num_items)
     both = Interactions.concat([split.train, split.validation])
     refit = ranking(peer_scores(name, interaction_matrix(both, num_users, num_items), dict(setting), seed),
                     split.test, [both], num_items)
@@ -166,8 +167,8 @@ def main() -> None:
         "best validation NDCG@10 of its grid (bench/bench_peers.py GRIDS), fitted on the training part; test is "
         "scored with that setting fitted on the training part, and refitted on training + validation (what "
         f"`data.train_on_validation = true` does for a fedrec run). ALS and BPR: the implicit library "
-        f"{_implicit_version()} on the CPU, random_state {args.seed}, ALS with every interaction weighted alpha (its confidence). "
-        "EASE: Steck (2019), closed form. Fit s: seconds of one fit of the chosen setting.\n")
+        f"{_implicit_version()} on the CPU, random_state {args.seed} (BPR on one thread, so runs repeat), ALS with every interaction weighted alpha (its confidence). "
+        "EASE: Steck (2019), closed form (a dense items x items matrix). Fit s: seconds of one fit of the chosen setting on the training part, scoring included.\n")
     print(body)
     if not args.no_write:
         title = "Centralised peers in the ranking protocol (ML-100K, leave-last-out, full ranking)"

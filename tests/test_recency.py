@@ -97,3 +97,22 @@ def test_recency_and_final_fit_settings_are_refused_where_they_cannot_apply() ->
         with pytest.raises(FedrecError, match=expected) as info:
             load_config(None, overrides)
         assert "\n" not in str(info.value)
+
+
+def test_recency_emphasis_skips_simulated_attackers_and_refuses_data_without_time() -> None:
+    from dataclasses import replace
+
+    from fedrec.runtime.experiment import recency_emphasis
+
+    config = _config("train.recency_repeats=1", "train.recency_window=1")
+    dataset = prepare(_config()).dataset
+    real = Interactions(np.array([0, 0]), np.array([1, 2]), np.ones(2, np.float32), np.array([3, 4]))
+    fake_user = dataset.num_users  # an injected attacker's rows: all at time 0
+    fake = Interactions(np.array([fake_user, fake_user]), np.array([5, 6]), np.ones(2, np.float32), np.zeros(2, np.int64))
+    out = recency_emphasis(config, Interactions.concat([real, fake]), dataset)
+    assert sorted(zip(out.users.tolist(), out.items.tolist())) == [(0, 1), (0, 2), (0, 2), (fake_user, 5), (fake_user, 6)]
+    timeless = replace(dataset, interactions=replace(dataset.interactions,
+                                                     timestamps=np.zeros(len(dataset.interactions), np.int64)))
+    with pytest.raises(FedrecError, match="no timestamps") as info:
+        recency_emphasis(config, real, timeless)
+    assert "\n" not in str(info.value)

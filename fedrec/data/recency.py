@@ -3,9 +3,11 @@
 A user's next interaction tends to resemble their latest ones (people rate or play in sessions). Without
 changing a model, the client can weight its recent examples more by repeating them in every local epoch:
 with ``window`` W and ``repeats`` R, each user's W latest training interactions appear 1 + R times.
-Everything happens on the client's own data (its timestamps never leave it); every runtime trains on the
-same repeated examples because the repetition is applied to the training interactions before they are
-grouped by client.
+The repetition uses the client's own timestamps and is applied to the training interactions before they
+are grouped by client, so every runtime (the simulator's backends, centralised training, a Flower node)
+trains on the same repeated examples. What the server can learn: the timestamps are never sent, but with
+``train.row_weighting = "row_count"`` an upload's per-row example counts are 1 + R for the W latest items
+(times the local epochs), so the server can tell which items a client interacted with most recently.
 """
 
 from __future__ import annotations
@@ -31,12 +33,13 @@ def latest_rank(inter: Interactions, within_tie: np.ndarray | None = None) -> np
     return rank
 
 
-def repeat_latest(train: Interactions, window: int, repeats: int) -> Interactions:
+def repeat_latest(train: Interactions, window: int, repeats: int, within_tie: np.ndarray | None = None) -> Interactions:
     """The training interactions with each user's ``window`` latest ones repeated ``repeats`` more times.
 
-    The original rows come first, in their order, then the copies (``repeats`` blocks in row order).
+    Equal timestamps are ordered as :func:`latest_rank` says. The original rows come first, in their
+    order, then the copies (``repeats`` blocks in row order).
     """
     if window <= 0 or repeats <= 0 or len(train) == 0:
         return train
-    recent = np.flatnonzero(latest_rank(train) < window)
+    recent = np.flatnonzero(latest_rank(train, within_tie) < window)
     return train.subset(np.concatenate([np.arange(len(train))] + [recent] * repeats))

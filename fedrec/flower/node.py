@@ -88,7 +88,7 @@ def load_node(config: RunConfig, partition_id: int, num_partitions: int, state_d
     """Load the job's data and keep this partition's clients; the rest is dropped at once. With ``state_dir``
     the node saves its state (private rows, compression residuals) after every round, so that a resumed
     run (``fedrec deploy --resume``) continues from it."""
-    from fedrec.runtime.experiment import prepare
+    from fedrec.runtime.experiment import prepare, recency_emphasis
 
     torch.use_deterministic_algorithms(True, warn_only=True)  # as fedrec train: same seed, same floats
     exp = prepare(config)
@@ -109,7 +109,8 @@ def load_node(config: RunConfig, partition_id: int, num_partitions: int, state_d
                                                  config.eval.sampled_negatives, config.eval.seed,
                                                  validation_histories=validation_histories)
     else:
-        data = ClientData.from_interactions(split.train, exp.partition.client_of_user, exp.partition.num_clients,
+        local_train = own(recency_emphasis(config, exp.split.train, exp.dataset))  # the simulator's examples, own rows
+        data = ClientData.from_interactions(local_train, exp.partition.client_of_user, exp.partition.num_clients,
                                             num_items=exp.dataset.num_items)
         evaluator = Evaluator(model, split, ranking, exp.dataset.rating_range, config.eval.ks,
                               config.eval.sampled_negatives, config.eval.seed)

@@ -115,6 +115,22 @@ def make_partition(config: RunConfig, dataset: Dataset, train: Interactions | No
     return silos_by_feature(values, max_silos=data.num_silos, feature=data.silo_feature)
 
 
+def recency_emphasis(config: RunConfig, train: Interactions, dataset: Dataset) -> Interactions:
+    """The training interactions the clients train on: with train.recency_repeats, each real user's latest ones
+    repeated (fedrec/data/recency.py); simulated attackers' rows (users beyond the dataset's) stay as they are."""
+    window, repeats = config.train.recency_window, config.train.recency_repeats
+    if not repeats:
+        return train
+    if not dataset.interactions.timestamps.any():
+        raise FedrecError(f"train.recency_repeats repeats each user's latest interactions, but {dataset.name} has no "
+                          "timestamps (its order would be the file's); remove train.recency_repeats")
+    real = train.users < dataset.num_users
+    benign = train.subset(real)
+    ties = (np.random.default_rng(config.data.split_seed).permutation(len(benign))
+            if config.data.time_ties == "random" else None)  # equal timestamps ordered as the split orders them
+    return Interactions.concat([repeat_latest(benign, window, repeats, ties), train.subset(~real)])
+
+
 def text_embeddings(config: RunConfig, dataset: Dataset, progress: bool | None = None) -> TextEmbeddings:
     """The items' text embeddings for a text model, through the disk cache (model.text_* settings)."""
     model = config.model
@@ -163,7 +179,7 @@ def prepare(config: RunConfig) -> Experiment:
     partition = make_partition(config, dataset, split.train)
     population = attack_population(config, dataset, split, partition, ranking)  # + malicious clients under [attack]
     # negatives are sampled from items 0..num_items-1: with the cold-start protocol, the warm items only
-    local_train = repeat_latest(population.train, config.train.recency_window, config.train.recency_repeats)
+    local_train = recency_emphasis(config, population.train, dataset)
     clients = ClientData.from_interactions(local_train, population.client_of_user, population.num_clients,
                                            num_items=warm_items if warm_items is not None else dataset.num_items)
     options = config.model.options()
