@@ -93,19 +93,19 @@ def evaluate_peer(name: str, grid: dict[str, list[Any]], split: Any, num_users: 
     from fedrec.data.dataset import Interactions
 
     train = interaction_matrix(split.train, num_users, num_items)
-    best: tuple[float, dict[str, Any], dict[str, float]] | None = None
+    best: dict[str, Any] | None = None
     for values in itertools.product(*grid.values()):
         setting = dict(zip(grid, values))
-        val = ranking(peer_scores(name, train, dict(setting), seed), split.validation, [split.train], num_items)
+        started = time.perf_counter()
+        scores = peer_scores(name, train, dict(setting), seed)
+        seconds = time.perf_counter() - started
+        val = ranking(scores, split.validation, [split.train], num_items)
         progress(f"{name} {setting}: val NDCG@10 {val['ndcg@10']:.4f}")
-        if best is None or val["ndcg@10"] > best[0]:
-            best = (val["ndcg@10"], setting, val)
+        if best is None or val["ndcg@10"] > best["val"]["ndcg@10"]:
+            best = {"setting": setting, "val": val, "scores": scores, "seconds": seconds}
     assert best is not None
-    _, setting, val = best
-    started = time.perf_counter()
-    scores = peer_scores(name, train, dict(setting), seed)
-    seconds = time.perf_counter() - started
-    test = ranking(scores, split.test, [split.train, split.validation], num_items)
+    setting, val, seconds = best["setting"], best["val"], best["seconds"]
+    test = ranking(best["scores"], split.test, [split.train, split.validation], num_items)  # the same fit
     both = Interactions.concat([split.train, split.validation])
     refit = ranking(peer_scores(name, interaction_matrix(both, num_users, num_items), dict(setting), seed),
                     split.test, [both], num_items)
