@@ -89,6 +89,9 @@ def tune(config_path: Path, overrides: list[str], trials: int, out_dir: Path, sp
     if base.train.mode != "federated" and any(p.key in ("train.local_lr", "train.server_lr", "train.local_epochs")
                                               for p in (space or [])):
         raise FedrecError("the searched keys are federated settings but train.mode is centralized; choose --param keys")
+    if base.data.train_on_validation:
+        raise FedrecError("fedrec tune scores trials on validation, but data.train_on_validation trains on it; "
+                          "tune without it, then set it for the final fit")
     if base.data.split in ("official", "ratio") and base.data.validation_ratio == 0:
         overrides.append("data.validation_ratio=0.1")  # tune on validation data, never on test
     space = space or [parse_param(spec) for spec in DEFAULT_SPACE]

@@ -185,6 +185,15 @@ def test_the_audit_refuses_impossible_settings():
         run_audit(text, AuditSettings())
 
 
+def test_the_rating_attack_stands_down_when_recency_repeats_ratings():
+    plain = run_audit(load_config(ROOT / "configs" / "default.toml", TINY), AuditSettings())
+    repeated = run_audit(load_config(ROOT / "configs" / "default.toml", TINY + ["train.recency_repeats=2"]),
+                         AuditSettings())
+    assert isinstance(plain["audit_rating_rmse"], float) and "audit_rating_note" not in plain
+    assert repeated["audit_rating_rmse"] is None and "train.recency_repeats" in repeated["audit_rating_note"]
+    assert isinstance(repeated["audit_item_auc"], float)  # the item attack still runs
+
+
 @pytest.mark.slow
 def test_rating_attack_is_exact_on_ml100k_with_one_local_step(ml100k_dir):
     config = load_config(ROOT / "configs" / "ml100k-mf-fedavg.toml",

@@ -58,3 +58,9 @@ def test_tune_cli(tmp_path):
     assert result.exit_code == 0, result.output
     assert "best val_rmse=" in result.output and "--set train.local_lr=" in result.output
     assert (tmp_path / "cli" / "tuning.json").is_file()
+
+
+def test_tune_refuses_the_final_fit_on_validation(tmp_path):
+    with pytest.raises(FedrecError, match="data.train_on_validation trains on it"):
+        tune(DEFAULT_TOML, SMALL + ["data.split=leave_last_out", "data.train_on_validation=true"], 1, tmp_path / "t")
+    assert not (tmp_path / "t").exists()  # refused before any trial

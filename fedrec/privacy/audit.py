@@ -406,12 +406,15 @@ def client_item_truth(data: ClientData, clients: np.ndarray, num_items: int) -> 
     return truth
 
 
-def rating_attack_applies(model: RecModel, data: ClientData, ranking: bool) -> str | None:
+def rating_attack_applies(model: RecModel, data: ClientData, ranking: bool, recency_repeats: int = 0) -> str | None:
     """None when the rating attack is defined for this job, else the reason it is not."""
     from fedrec.models.mf import BiasedMF
 
     if not isinstance(model, BiasedMF) or ranking:
         return "the rating attack inverts biased-MF updates; it needs model.name=mf with explicit ratings"
+    if recency_repeats:  # the inversion assumes each rated item appears once per local epoch
+        return ("the rating attack inverts updates where each rating appears once per epoch, but "
+                "train.recency_repeats repeats a client's latest ones; set train.recency_repeats=0 to audit ratings")
     owners = np.unique(np.stack([np.repeat(np.arange(data.num_clients), data.sizes), data.users]), axis=1)
     if len(np.unique(owners[0])) != owners.shape[1]:
         return "the rating attack needs one user per client (data.clients=per_user)"
@@ -453,7 +456,7 @@ def run_audit(config: RunConfig, audit: AuditSettings, on_round: Callable[[int, 
     num_items = num_catalogue_items(model)
     audited = audited_clients(eligible, audit.max_clients, seed)
     observations = ItemObservations.empty(audited, num_items)
-    no_rating_attack = rating_attack_applies(model, data, exp.evaluator.ranking)
+    no_rating_attack = rating_attack_applies(model, data, exp.evaluator.ranking, config.train.recency_repeats)
     l2 = float(getattr(getattr(model, "config", None), "l2", 0.0))
     evidence: list[tuple[int, RatingEvidence]] = []
     params = model.init_params(torch.Generator().manual_seed(seed))
