@@ -50,3 +50,16 @@ def test_train_reports_mixed_finetuned_metrics(tmp_path):
     half = train(load_config(None, [*base, "eval.mix_beta=0.5"]), tmp_path / "half")
     full = train(load_config(None, base), tmp_path / "full")
     assert half["rmse"] == full["rmse"] and half["finetuned_rmse"] != full["finetuned_rmse"]
+
+
+def test_finetuned_copies_are_scored_on_validation_too(tmp_path):
+    from fedrec.config import load_config
+    from fedrec.runtime.trainer import train
+
+    base = ["data.num_users=80", "data.num_items=40", "model.name=bpr", "model.dim=4", "train.rounds=1",
+            "data.split=leave_last_out", "eval.finetune_epochs=1", "eval.sampled_negatives=0"]
+    global_only = train(load_config(None, [*base, "eval.mix_beta=0.0"]), tmp_path / "zero")
+    assert global_only["finetuned_val_ndcg@10"] == pytest.approx(global_only["val_ndcg@10"], abs=1e-6)
+    assert global_only["finetuned_ndcg@10"] == pytest.approx(global_only["ndcg@10"], abs=1e-6)
+    tuned = train(load_config(None, base), tmp_path / "full")
+    assert tuned["finetuned_val_ndcg@10"] != tuned["val_ndcg@10"]  # the fine-tuned copies, not the global model

@@ -456,7 +456,7 @@ def final_metrics(run: _Run) -> dict[str, Any]:
         local = LocalTraining(finetune_epochs, train.local_lr, train.batch_size, train.private_lr)
         personal = finetune(exp.model, params, exp.clients, exp.partition.client_of_user, local, train.seed,
                             mix_beta=run.config.eval.mix_beta)
-        metrics.update(exp.evaluator(params, personal, prefix="finetuned_", validation=False))
+        metrics.update(exp.evaluator(params, personal, prefix="finetuned_"))  # finetuned_val_*: choose epochs on it
     if run.before_refit is not None:  # the headline metrics are after the refit; these are before it
         metrics.update(run.before_refit)
     metrics.update(exp.evaluator.popularity_baseline())
