@@ -133,6 +133,8 @@ class TrainConfig(Section):
     row_weighting: Literal["row_count", "client_size", "fedavg"] = "row_count"
     client_weighting: Literal["examples", "uniform", "sqrt"] = "examples"  # a client's weight: n, 1 or sqrt(n)
     prox_mu: float = Field(default=0.0, ge=0.0)  # FedProx: local loss + mu/2 ||w - w_global||^2 on shared parameters
+    # every local SGD step (training and eval.finetune_epochs) scales the client's gradient to L2 norm <= this; None: off
+    local_clip_norm: float | None = Field(default=None, gt=0.0)
     # after the last round every client refits its private rows (user vector, bias) to the final shared model for
     # this many local epochs at refit_private_lr (default: private_lr, else local_lr), shared parts frozen,
     # nothing uploaded; 0: off
@@ -351,6 +353,9 @@ class RunConfig(Section):
         if self.privacy.enabled and (self.train.client_weighting != "examples" or self.train.late_updates != "drop"):
             raise ValueError("with privacy.* every client's clipped update counts once, so train.client_weighting and "
                              "train.late_updates = 'downweight' have no effect; leave them at their defaults")
+        if self.train.local_clip_norm is not None and self.train.mode != "federated":
+            raise ValueError("train.local_clip_norm bounds the clients' local SGD steps; centralised training has none "
+                             "(set train.mode = 'federated' or remove train.local_clip_norm)")
         if self.train.refit_private_epochs and self.train.mode != "federated":
             raise ValueError("train.refit_private_epochs refits the clients' private rows after federated training; "
                              "set it to 0 in centralised mode (every parameter is trained jointly there)")

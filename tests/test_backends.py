@@ -129,3 +129,76 @@ def test_vectorized_equals_reference_implicit_models(name, options):
     vec = _run(model, data, "vectorized", rounds=2, **kwargs)
     for key in ref.params:
         torch.testing.assert_close(vec.params[key], ref.params[key], atol=1e-5, rtol=0)
+
+
+# -- per-step gradient clipping (train.local_clip_norm) -------------------------------------------------------
+
+
+@pytest.mark.parametrize("clip", [0.05, 0.5, 100.0])
+def test_clipped_steps_agree_across_backends_per_user_and_cross_silo(clip):
+    for silos in (None, 4):  # cross-silo: a client's step holds several users' private rows
+        model, data = _setup(silos=silos)
+        kwargs = dict(local=LocalTraining(epochs=2, lr=0.2, batch_size=5, clip_norm=clip), client_fraction=0.5)
+        ref = _run(model, data, "reference", **kwargs)
+        vec = _run(model, data, "vectorized", **kwargs)
+        for name in ref.params:
+            torch.testing.assert_close(vec.params[name], ref.params[name], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "name, options, prox_mu",
+    [
+        ("bpr", dict(dim=6, negatives=4), 0.0),  # several copies of one item row in a step (repeated negatives)
+        ("ncf", dict(variant="neumf", dim=4, layers=(8, 4), negatives=3), 0.0),
+        ("ncf", dict(variant="neumf", dim=4, layers=(8, 4), negatives=2), 0.5),  # FedProx's pull after clipping
+    ],
+)
+def test_clipped_steps_agree_across_backends_implicit_models(name, options, prox_mu):
+    from fedrec.models.registry import build_model
+
+    dataset = make_synthetic(num_users=40, num_items=12, mean_interactions=6, seed=3)
+    data = ClientData.from_interactions(dataset.interactions, np.arange(40), 40, num_items=12)
+    model = build_model(name, options, 40, 12)
+    kwargs = dict(local=LocalTraining(epochs=2, lr=0.5, batch_size=4, clip_norm=0.1, prox_mu=prox_mu),
+                  client_fraction=0.5, server=ServerOptimizer("adam", lr=0.01))
+    ref = _run(model, data, "reference", rounds=2, **kwargs)
+    vec = _run(model, data, "vectorized", rounds=2, **kwargs)
+    unclipped = _run(model, data, "vectorized", rounds=2, **{**kwargs, "local": LocalTraining(
+        epochs=2, lr=0.5, batch_size=4, prox_mu=prox_mu)})
+    for key in ref.params:
+        torch.testing.assert_close(vec.params[key], ref.params[key], atol=1e-5, rtol=0)
+    assert any(not torch.allclose(unclipped.params[k], vec.params[k], atol=1e-4) for k in ref.params)  # it clipped
+
+
+def test_clip_factors_match_a_brute_force_norm_per_client():
+    from fedrec.federated.local import clip_factors
+    from fedrec.models.base import ParamKind
+
+    gen = torch.Generator().manual_seed(0)
+    groups, width, slots = 3, 4, 2
+    real = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    user_index = torch.tensor([[0, 0, 0, 0], [1, 1, 0, 0], [2, 2, 2, 2]]).reshape(-1)  # padding points at row 0
+    item_index = torch.randint(0, 3, (groups, width, slots), generator=gen) + 3 * torch.arange(groups).view(-1, 1, 1)
+    item_index[~real] = 0  # padding: row 0, which belongs to client 0
+    user_grad = torch.randn(groups, width, 5, generator=gen) * real.unsqueeze(-1)
+    item_grad = torch.randn(groups, width, slots, 5, generator=gen) * real.view(groups, width, 1, 1)
+    dense_grad = torch.randn(groups, 2, 3, generator=gen)
+    factor = clip_factors([user_grad, item_grad, dense_grad],
+                          [ParamKind.PRIVATE_ROWS, ParamKind.SHARED_ROWS, ParamKind.SHARED_DENSE],
+                          {ParamKind.PRIVATE_ROWS: user_index, ParamKind.SHARED_ROWS: item_index.reshape(-1)}, real,
+                          clip_norm=2.0)
+    for g in range(groups):  # sum each row's entries into a table, then take the client's norm
+        users = torch.zeros(3, 5).index_add_(0, user_index.view(groups, width)[g], user_grad[g])
+        items = torch.zeros(9, 5).index_add_(0, item_index[g].reshape(-1), item_grad[g].reshape(-1, 5))
+        norm = torch.cat([users.reshape(-1), items.reshape(-1), dense_grad[g].reshape(-1)]).norm()
+        assert float(factor[g]) == pytest.approx(min(1.0, 2.0 / (float(norm) + 1e-6)), rel=1e-5)
+
+
+def test_local_clip_norm_is_a_federated_setting():
+    from fedrec.config import load_config
+    from fedrec.errors import FedrecError
+
+    with pytest.raises((FedrecError, ValueError), match="train.local_clip_norm bounds the clients' local SGD steps"):
+        load_config(None, ["train.mode=centralized", "train.local_clip_norm=1.0"])
+    with pytest.raises((FedrecError, ValueError), match="local_clip_norm"):
+        load_config(None, ["train.local_clip_norm=0"])

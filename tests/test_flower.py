@@ -146,11 +146,13 @@ def test_merge_refuses_overlapping_positions():
     ["model.name='bpr'", "eval.sampled_negatives=0", "eval.finetune_epochs=2", "eval.mix_beta=0.5",
      "train.refit_private_epochs=1", "train.refit_private_lr=0.05"],
     ["eval.finetune_epochs=1", "data.split='leave_last_out'"],
+    # local gradient clipping on the nodes, in training and fine-tuning alike
+    ["eval.finetune_epochs=1", "data.split='leave_last_out'", "train.local_clip_norm=0.05"],
     # recency emphasis: each node repeats its users' latest interactions as the simulator does (ties at random)
     ["model.name='bpr'", "eval.sampled_negatives=0", "data.split='leave_last_out'", "data.time_ties='random'",
      "train.recency_repeats=2", "train.recency_window=2"],
 ], ids=["per-user-mf", "silos-mf", "per-user-bpr", "per-user-mf-refit", "per-user-bpr-finetune", "per-user-mf-finetune",
-        "per-user-bpr-recency"])
+        "per-user-mf-finetune-clipped", "per-user-bpr-recency"])
 def test_in_process_deployment_equals_the_simulator(tmp_path, extra):
     config = load_config(None, SYNTHETIC + extra)
     train(config, tmp_path / "sim")

@@ -20,6 +20,11 @@ class LocalTraining:
     every local step minimises the batch loss + mu/2 ||w - w_start||^2 over the shared parameters the
     client trains (its copies of item rows and of dense tensors; ``w_start`` is the global model it
     received). Private rows are the client's own and are not pulled towards anything.
+
+    ``clip_norm`` bounds every local step: the gradient of the client's batch loss over everything it
+    trains (private rows, its copies of item rows, dense tensors) is scaled to L2 norm at most
+    ``clip_norm``, as ``torch.nn.utils.clip_grad_norm_`` does (factor clip / (norm + 1e-6)); FedProx's
+    pull is added after clipping. A stability guard, not differential privacy.
     """
 
     epochs: int = 1
@@ -27,6 +32,7 @@ class LocalTraining:
     batch_size: int = 32
     private_lr: float | None = None  # learning rate of the private rows (user vectors); None: same as lr
     prox_mu: float = 0.0  # FedProx proximal coefficient (0: plain local SGD)
+    clip_norm: float | None = None  # per-step gradient norm bound of each client (None: no clipping)
 
     def lr_of(self, private: bool) -> float:
         return self.private_lr if private and self.private_lr is not None else self.lr
@@ -78,6 +84,34 @@ def proximal_term(local: dict[str, Tensor], start: dict[str, Tensor], shared_nam
     for name in shared_names:
         total = total + (local[name] - start[name]).pow(2).sum()
     return 0.5 * mu * total
+
+
+def clip_factors(grads: list[Tensor], kinds: list[ParamKind], index: dict[ParamKind, Tensor], real: Tensor,
+                 clip_norm: float) -> Tensor:
+    """Per-client gradient scale factors min(1, clip / (norm + 1e-6)) for one lockstep step of G clients.
+
+    ``grads`` are gradients of the step's gathered rows: (G, N, *row) for private rows, (G, N, S, *row)
+    for item-row copies, (G, *shape) for dense copies; ``index`` maps each row kind to the table row
+    of every gathered entry (flattened), and ``real`` (G, N) marks non-padding entries. A row gathered
+    several times gets the sum of its entries' gradients, as in the table, before its norm is taken; a
+    row belongs to one client (a private row to its user's client, an item-row copy to the client
+    holding it), so each client's norm covers exactly what it trains.
+    """
+    groups, width = real.shape
+    squares = torch.zeros(groups, dtype=torch.float64)
+    for grad, kind in zip(grads, kinds):
+        if kind is ParamKind.SHARED_DENSE:
+            squares += grad.reshape(groups, -1).double().pow(2).sum(1)
+            continue
+        slots = grad.shape[2] if kind is ParamKind.SHARED_ROWS else 1
+        flat = grad.reshape(groups * width * slots, -1)
+        mask = real.unsqueeze(-1).expand(groups, width, slots).reshape(-1)
+        owner = torch.arange(groups).repeat_interleave(width * slots)[mask]
+        rows, inverse = torch.unique(index[kind][mask], return_inverse=True)
+        summed = torch.zeros(len(rows), flat.shape[1], dtype=torch.float64).index_add_(0, inverse, flat[mask].double())
+        row_owner = torch.zeros(len(rows), dtype=torch.int64).scatter_(0, inverse, owner)
+        squares.index_add_(0, row_owner, summed.pow(2).sum(1))
+    return (clip_norm / (squares.sqrt() + 1e-6)).clamp(max=1.0).float()
 
 
 def proximal_step(model: RecModel, tables: dict[str, Tensor], start: dict[str, Tensor], clients: Tensor,

@@ -62,9 +62,12 @@ def train_client(model: RecModel, params: dict[str, Tensor], data: ClientData, c
                 else:
                     rows[spec.name] = value  # (1, *shape): the client's one copy
             loss = model.example_loss(rows, ExampleBatch(targets[batch].unsqueeze(0))).mean()
-            objective = loss + proximal_term(local_params, start, shared, local.prox_mu) if local.prox_mu else loss
             optimizer.zero_grad()
-            objective.backward()
+            loss.backward()
+            if local.clip_norm is not None:
+                torch.nn.utils.clip_grad_norm_([v for v in local_params.values() if v.requires_grad], local.clip_norm)
+            if local.prox_mu:  # FedProx's pull, after clipping
+                proximal_term(local_params, start, shared, local.prox_mu).backward()
             optimizer.step()
             loss_sum += float(loss.detach())
             steps += 1

@@ -18,7 +18,8 @@ from torch import Tensor
 
 from fedrec.federated.aggregation import CohortUpdate
 from fedrec.federated.cohort import ClientData, cohort_examples, local_schedule, slot_items
-from fedrec.federated.local import CohortResult, LocalTraining, local_copies, proximal_step, uploaded_rows
+from fedrec.federated.local import (CohortResult, LocalTraining, clip_factors, local_copies, proximal_step,
+                                   uploaded_rows)
 from fedrec.models.base import ExampleBatch, ParamKind, RecModel
 
 
@@ -100,6 +101,10 @@ def train_cohort_vectorized(model: RecModel, params: dict[str, Tensor], data: Cl
         step_weights = layout_weight[g_lo:g_hi, :n]  # padding contributes nothing
         loss = (model.example_loss(rows, ExampleBatch(layout_target[g_lo:g_hi, :n])) * step_weights).sum()
         grads = torch.autograd.grad(loss, [rows[spec.name] for spec in trained])
+        if local.clip_norm is not None:  # each client's step gradient to norm <= clip_norm
+            factor = clip_factors(list(grads), [spec.kind for spec in trained], step_index, step_weights > 0,
+                                  local.clip_norm)
+            grads = [grad * factor.view(-1, *[1] * (grad.dim() - 1)) for grad in grads]
         with torch.no_grad():
             if local.prox_mu:  # FedProx: the stepping clients' shared copies move towards the global model too
                 proximal_step(model, tables, start, step_index[ParamKind.SHARED_DENSE], row_clients_t, local.lr * local.prox_mu)

@@ -212,7 +212,8 @@ def full_params(view: NodeView, shared: dict[str, Tensor], private: dict[str, Te
 
 def local_training(config: RunConfig) -> LocalTraining:
     train = config.train
-    return LocalTraining(train.local_epochs, train.local_lr, train.batch_size, train.private_lr, train.prox_mu)
+    return LocalTraining(train.local_epochs, train.local_lr, train.batch_size, train.private_lr, train.prox_mu,
+                         train.local_clip_norm)
 
 
 def handle_train(view: NodeView, state: RecordDict, content: RecordDict) -> RecordDict:
@@ -373,7 +374,7 @@ def handle_evaluate(view: NodeView, state: RecordDict, content: RecordDict) -> R
         metrics = node_metrics(view, params)
     epochs = view.config.eval.finetune_epochs
     if FINETUNE in content.config_records and epochs:
-        local = LocalTraining(epochs, train.local_lr, train.batch_size, train.private_lr)
+        local = LocalTraining(epochs, train.local_lr, train.batch_size, train.private_lr, clip_norm=train.local_clip_norm)
         personal = finetune(view.model, params, view.data, view.client_of_user, local, train.seed,
                             mix_beta=view.config.eval.mix_beta)
         metrics.update(node_metrics(view, params, prefix="finetuned_", personal=personal, validation=False))

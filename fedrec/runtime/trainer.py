@@ -81,7 +81,8 @@ def fedavg_settings(config: RunConfig, privacy: CentralDP | LocalDP | None = Non
                     attack: Adversary | None = None) -> FedAvgSettings:
     train = config.train
     return FedAvgSettings(
-        local=LocalTraining(train.local_epochs, train.local_lr, train.batch_size, train.private_lr, train.prox_mu),
+        local=LocalTraining(train.local_epochs, train.local_lr, train.batch_size, train.private_lr, train.prox_mu,
+                            train.local_clip_norm),
         client_fraction=train.client_fraction,
         server=ServerOptimizer(train.server_optimizer, train.server_lr, train.server_momentum,
                                train.server_beta1, train.server_beta2, train.server_tau, train.server_lazy_rows),
@@ -453,7 +454,8 @@ def final_metrics(run: _Run) -> dict[str, Any]:
     finetune_epochs = run.config.eval.finetune_epochs
     if finetune_epochs and run.federated:
         train = run.config.train
-        local = LocalTraining(finetune_epochs, train.local_lr, train.batch_size, train.private_lr)
+        local = LocalTraining(finetune_epochs, train.local_lr, train.batch_size, train.private_lr,
+                              clip_norm=train.local_clip_norm)
         personal = finetune(exp.model, params, exp.clients, exp.partition.client_of_user, local, train.seed,
                             mix_beta=run.config.eval.mix_beta)
         metrics.update(exp.evaluator(params, personal, prefix="finetuned_"))  # finetuned_val_*: choose epochs on it
