@@ -47,7 +47,7 @@ def summarise(pair: str, runs: list[dict[str, dict]]) -> list[str]:
         globals_ = {k: statistics.mean(r["global"][k] for r in runs) for k in KEYS}
         central = {k: statistics.mean(r["centralised"][k] for r in runs) for k in KEYS}
         vs_global = " | ".join("" if arm in ("global", "centralised") else f"{means[k] / globals_[k]:.3f}"
-                               for k in ("hr@10", "ndcg@10"))
+                               for k in KEYS)
         vs_central = " | ".join("" if arm == "centralised" else f"{means[k] / central[k]:.3f}"
                                 for k in ("hr@10", "ndcg@10", "val_hr@10", "val_ndcg@10"))
         rows.append(f"| {pair} | {arm} | " + " | ".join(f"{means[k]:.4f}" for k in KEYS) +
@@ -75,6 +75,10 @@ def main() -> None:
     parser.add_argument("--head-set", dest="head_overrides", action="append", default=[],
                         help="override for the private-head runs only (e.g. a learning rate chosen on validation)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="override for every run")
+    parser.add_argument("--fed-set", dest="fed_overrides", action="append", default=[],
+                        help="override for the federated runs only (e.g. train.* settings centralised runs refuse)")
+    parser.add_argument("--chosen-on-validation", action="store_true",
+                        help="say in BENCHMARKS.md that the --finetune / --head-set values were chosen on validation")
     parser.add_argument("--seeds", type=int, default=1, help="train.seed 0..N-1; the table shows means")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (processes)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
@@ -98,13 +102,14 @@ def main() -> None:
     args.no_write = args.no_write or args.quick
     tasks: list[tuple[str, str, int, list[str]]] = []  # (pair, arm, seed, overrides)
     for pair in args.pairs:
-        fed_config = load_config(ROOT / "configs" / f"{pair}-fedavg.toml", common)
+        fed_config = load_config(ROOT / "configs" / f"{pair}-fedavg.toml", [*common, *args.fed_overrides])
         for seed in range(args.seeds):
             run = [*common, f"train.seed={seed}"]
+            fed = [*run, *args.fed_overrides]
             epochs, beta = finetune[pair]
-            tasks.append((pair, "fedavg", seed, [*run, f"eval.finetune_epochs={epochs}", f"eval.mix_beta={beta}"]))
+            tasks.append((pair, "fedavg", seed, [*fed, f"eval.finetune_epochs={epochs}", f"eval.mix_beta={beta}"]))
             if fed_config.model.name == "ncf":
-                tasks.append((pair, "private_head", seed, [*run, "model.private_head=true", *args.head_overrides]))
+                tasks.append((pair, "private_head", seed, [*fed, "model.private_head=true", *args.head_overrides]))
             tasks.append((pair, "central", seed, run))
     with tempfile.TemporaryDirectory() as tmp, ProcessPoolExecutor(args.jobs) as pool:
         futures = {(pair, arm, seed): pool.submit(_run, f"{pair}-{'central' if arm == 'central' else 'fedavg'}",
@@ -112,8 +117,9 @@ def main() -> None:
                    for pair, arm, seed, overrides in tasks}
         results = {key: future.result() for key, future in futures.items()}
     rows = ["| config | model | HR@10 | NDCG@10 | val HR@10 | val NDCG@10 | HR@10 / global | NDCG@10 / global | "
-            "HR@10 / centralised | NDCG@10 / centralised | val HR@10 / centralised | val NDCG@10 / centralised |",
-            "|---|---|" + "---:|" * 10]
+            "val HR@10 / global | val NDCG@10 / global | HR@10 / centralised | NDCG@10 / centralised | "
+            "val HR@10 / centralised | val NDCG@10 / centralised |",
+            "|---|---|" + "---:|" * 12]
     per_seed = []
     for pair in args.pairs:
         runs = [arm_metrics(results[pair, "fedavg", s], results.get((pair, "private_head", s)),
@@ -123,21 +129,27 @@ def main() -> None:
             f"seed {s} " + ", ".join(f"{arm} {m['hr@10']:.4f} / {m['ndcg@10']:.4f}" for arm, m in r.items())
             for s, r in enumerate(runs)))
     settings = ", ".join(f"`{o}`" for o in args.overrides) or "none"
+    fed_settings = ", ".join(f"`{o}`" for o in args.fed_overrides) or "none"
     head_settings = ", ".join(f"`{o}`" for o in args.head_overrides) or "none"
+    chosen = ("The fine-tuning epochs and mixing were chosen on the fine-tuned copies' validation metrics "
+              "(finetuned_val_*), the private head's overrides on val_*, at seed 0, never on the test interaction."
+              if args.chosen_on_validation else "The fine-tuning and private-head settings are the ones given on "
+              "the command line (not chosen by this script).")
     body = "\n".join(rows) + (
         f"\n\nEvery figure is the mean over {args.seeds} seed(s) (train.seed 0..{args.seeds - 1}); ratios are ratios "
         f"of the means. Test HR@10 / NDCG@10 by seed: {' | '.join(per_seed)}.\n\n"
-        "Protocol: leave-last-out by time, full ranking over every item the user has not interacted with (as in "
-        "the ranking section). *global*: the federated config as it is (one model for everyone, each client's own "
-        "user embedding); *local fine-tuning*: after the last round each client trains a copy of the whole model "
-        "(shared parts included) on its own training interactions at train.local_lr for E local epochs and keeps "
+        "Protocol: each pair's configs (the ranking section's protocol unless overridden), full ranking over every "
+        "item the user has not interacted with. *global*: the federated config as it is (one shared model; each "
+        "client keeps its own user embedding, refitted after the last round when the config sets "
+        "train.refit_private_epochs); *local fine-tuning*: after the last round each client trains a copy of the "
+        "whole model (shared parts included) on its own training interactions with the config's local learning "
+        "rates (train.local_lr; train.private_lr for private rows when set) for E local epochs and keeps "
         "theta_g + beta (theta_i - theta_g) (the same run, so the same global model; E, beta: "
         + ", ".join(f"{pair} {e}, {b}" for pair, (e, b) in finetune.items()) + "); *private score "
         "head*: a separate federated run with model.private_head = true, each client's final score layer trained "
-        "and kept on the client, never aggregated (NCF only; its own overrides: "
-        f"{head_settings}); *centralised*: configs/<pair>-central.toml. Overrides for every run: {settings}. "
-        "The fine-tuning epochs and mixing, and the private head's overrides, were chosen on the validation "
-        "interaction (seed 0), never on the test one.\n")
+        f"and kept on the client, never aggregated (NCF only; its own overrides: {head_settings}); *centralised*: "
+        f"configs/<pair>-central.toml. Overrides for every run: {settings}; for the federated runs: "
+        f"{fed_settings}. {chosen}\n")
     print(body)
     if not args.no_write:
         write_section(args.section, "Personalisation vs the global model (leave-last-out, full ranking)"

@@ -70,6 +70,12 @@ TEXT_PIPELINE_KEYS = frozenset({"text_encoder", "text_dim", "text_max_length", "
                                 "text_columns", "cold_start_items"})
 
 
+#: why virtual fake rows and local clipping do not mix (fedrec/privacy/hiding.py builds fakes from one unclipped step)
+VIRTUAL_FAKES_UNCLIPPED = ("privacy.hiding = 'pseudo' with pseudo_values = 'virtual' builds fake rows from one unclipped "
+                           "SGD step, so with train.local_clip_norm the clipped real rows stand out; use "
+                           "pseudo_values = 'bootstrap' (resampled real rows) or remove train.local_clip_norm")
+
+
 class ModelConfig(Section):
     """Model name and its hyperparameters; unset ones take the model's defaults (fedrec/models/)."""
 
@@ -356,6 +362,9 @@ class RunConfig(Section):
         if self.train.local_clip_norm is not None and self.train.mode != "federated":
             raise ValueError("train.local_clip_norm bounds the clients' local SGD steps; centralised training has none "
                              "(set train.mode = 'federated' or remove train.local_clip_norm)")
+        if (self.train.local_clip_norm is not None and self.privacy.hiding == "pseudo"
+                and self.privacy.pseudo_values == "virtual"):
+            raise ValueError(VIRTUAL_FAKES_UNCLIPPED)
         if self.train.refit_private_epochs and self.train.mode != "federated":
             raise ValueError("train.refit_private_epochs refits the clients' private rows after federated training; "
                              "set it to 0 in centralised mode (every parameter is trained jointly there)")

@@ -99,10 +99,11 @@ def tune(config_path: Path, overrides: list[str], trials: int, out_dir: Path, sp
         load_config(config_path, overrides + [f"{p.key}={p.low if not p.integer else int(p.low)}"])  # key exists, low valid
     chosen_metric, direction = default_metric(base.model.name)
     if metric is not None:
-        if not metric.startswith("val_"):
-            raise FedrecError(f"--metric {metric} is not a validation metric; tune on val_* metrics (e.g. val_rmse)")
+        if not metric.startswith(("val_", "finetuned_val_")):
+            raise FedrecError(f"--metric {metric} is not a validation metric; tune on val_* metrics (e.g. val_rmse) "
+                              "or finetuned_val_* (with eval.finetune_epochs)")
         chosen_metric = metric
-        direction = "minimize" if metric in ("val_rmse", "val_mae") else "maximize"
+        direction = "minimize" if metric.removeprefix("finetuned_") in ("val_rmse", "val_mae") else "maximize"
     if (out_dir / "trial-000").exists() or (out_dir / "tuning.json").exists():
         raise FedrecError(f"{out_dir} already holds a tuning run; choose another --out")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -115,7 +116,7 @@ def tune(config_path: Path, overrides: list[str], trials: int, out_dir: Path, sp
         run_dir = out_dir / f"trial-{trial.number:03d}"
         metrics = train(config, run_dir)
         if chosen_metric not in metrics:
-            available = ", ".join(sorted(k for k in metrics if k.startswith("val_"))) or "none"
+            available = ", ".join(sorted(k for k in metrics if k.startswith(("val_", "finetuned_val_")))) or "none"
             raise FedrecError(f"the runs report no {chosen_metric}; choose --metric from: {available}")
         value = float(metrics[chosen_metric])
         record = {"trial": trial.number, "params": values, chosen_metric: value, "run": str(run_dir)}
@@ -150,7 +151,7 @@ def register(app: typer.Typer) -> None:
         config: Annotated[Path, typer.Argument(help="TOML config file (see configs/).")],
         trials: Annotated[int, typer.Option("--trials", help="Number of training runs to try.")] = 20,
         param: Annotated[Optional[list[str]], typer.Option("--param", help="Search section.key=low:high[:log|int] (repeatable); default: local_lr, server_lr, local_epochs.")] = None,
-        metric: Annotated[Optional[str], typer.Option("--metric", help="Validation metric to optimise (default val_rmse or val_ndcg@10).")] = None,
+        metric: Annotated[Optional[str], typer.Option("--metric", help="Validation metric to optimise (default val_rmse or val_ndcg@10; finetuned_val_* with eval.finetune_epochs).")] = None,
         set_: Annotated[Optional[list[str]], typer.Option("--set", help="Fixed override: section.key=value (repeatable).")] = None,
         out_dir: Annotated[Path, typer.Option("--out", help="Folder for the trial runs and tuning.json.")] = Path("runs/tune"),
         data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="Folder with the dataset (or its parent).")] = None,

@@ -185,13 +185,30 @@ def test_the_audit_refuses_impossible_settings():
         run_audit(text, AuditSettings())
 
 
-def test_the_rating_attack_stands_down_when_recency_repeats_ratings():
+@pytest.mark.parametrize("setting, named", [("train.recency_repeats=2", "train.recency_repeats"),
+                                             ("train.local_clip_norm=0.05", "train.local_clip_norm")])
+def test_the_rating_attack_stands_down_when_steps_are_not_plain(setting, named, monkeypatch):
+    import fedrec.privacy.audit as audit_module
+
     plain = run_audit(load_config(ROOT / "configs" / "default.toml", TINY), AuditSettings())
-    repeated = run_audit(load_config(ROOT / "configs" / "default.toml", TINY + ["train.recency_repeats=2"]),
-                         AuditSettings())
+    scored = []
+    direction_scores = audit_module.mf_direction_scores
+    monkeypatch.setattr(audit_module, "mf_direction_scores", lambda *a: scored.append(1) or direction_scores(*a))
+    changed = run_audit(load_config(ROOT / "configs" / "default.toml", TINY + [setting]), AuditSettings())
     assert isinstance(plain["audit_rating_rmse"], float) and "audit_rating_note" not in plain
-    assert repeated["audit_rating_rmse"] is None and "train.recency_repeats" in repeated["audit_rating_note"]
-    assert isinstance(repeated["audit_item_auc"], float)  # the item attack still runs
+    assert changed["audit_rating_rmse"] is None and named in changed["audit_rating_note"]
+    assert isinstance(changed["audit_item_auc"], float) and scored  # the item attack runs, its direction scorer too
+
+
+def test_virtual_fake_rows_are_refused_with_local_clipping():
+    config = load_config(ROOT / "configs" / "default.toml", TINY + ["train.local_clip_norm=0.05"])
+    with pytest.raises(FedrecError, match="--pseudo-values bootstrap"):
+        run_audit(config, AuditSettings(HidingSettings("pseudo", pseudo_ratio=1.0)))
+    with pytest.raises(FedrecError, match="pseudo_values = 'bootstrap'"):
+        load_config(ROOT / "configs" / "default.toml", TINY + ["train.local_clip_norm=0.05", "privacy.hiding=pseudo",
+                                                               "privacy.pseudo_ratio=1.0"])
+    load_config(ROOT / "configs" / "default.toml", TINY + ["train.local_clip_norm=0.05", "privacy.hiding=pseudo",
+                                                           "privacy.pseudo_ratio=1.0", "privacy.pseudo_values=bootstrap"])
 
 
 @pytest.mark.slow

@@ -151,6 +151,7 @@ def test_clipped_steps_agree_across_backends_per_user_and_cross_silo(clip):
         ("bpr", dict(dim=6, negatives=4), 0.0),  # several copies of one item row in a step (repeated negatives)
         ("ncf", dict(variant="neumf", dim=4, layers=(8, 4), negatives=3), 0.0),
         ("ncf", dict(variant="neumf", dim=4, layers=(8, 4), negatives=2), 0.5),  # FedProx's pull after clipping
+        ("ncf", dict(variant="gmf", dim=4, negatives=2, private_head=True), 0.0),  # a private dense head per user
     ],
 )
 def test_clipped_steps_agree_across_backends_implicit_models(name, options, prox_mu):
@@ -202,3 +203,15 @@ def test_local_clip_norm_is_a_federated_setting():
         load_config(None, ["train.mode=centralized", "train.local_clip_norm=1.0"])
     with pytest.raises((FedrecError, ValueError), match="local_clip_norm"):
         load_config(None, ["train.local_clip_norm=0"])
+
+
+def test_fedrec_train_clips_local_steps(tmp_path):
+    from fedrec.config import load_config
+    from fedrec.runtime.trainer import train
+
+    base = ["data.num_users=60", "data.num_items=40", "model.dim=4", "train.rounds=2", "eval.finetune_epochs=1"]
+    plain = train(load_config(None, base), tmp_path / "plain")
+    clipped = train(load_config(None, [*base, "train.local_clip_norm=0.01"]), tmp_path / "clipped")
+    loose = train(load_config(None, [*base, "train.local_clip_norm=1e6"]), tmp_path / "loose")
+    assert clipped["rmse"] != plain["rmse"] and clipped["finetuned_rmse"] != plain["finetuned_rmse"]
+    assert loose["rmse"] == pytest.approx(plain["rmse"], abs=1e-6)  # a bound never reached changes nothing

@@ -31,10 +31,12 @@ def test_ratios_of_the_seed_means_hand_computed(bench):
                                _metrics(0.08, 0.03))]
     rows = [[c.strip() for c in row.split("|")[1:-1]] for row in bench.summarise("p", seeds)]
     # means: global 0.09 / 0.04, fine-tuned 0.09 / 0.04, centralised 0.09 / 0.04 (val: twice each)
-    assert rows[0] == ["p", "global", "0.0900", "0.0400", "0.1800", "0.0800", "", "", "1.000", "1.000", "1.000",
-                       "1.000"]
-    assert rows[1][:8] == ["p", "local fine-tuning", "0.0900", "0.0400", "0.1800", "0.0800", "1.000", "1.000"]
-    assert rows[2] == ["p", "centralised", "0.0900", "0.0400", "0.1800", "0.0800", "", "", "", "", "", ""]
+    assert rows[0] == ["p", "global", "0.0900", "0.0400", "0.1800", "0.0800", "", "", "", "", "1.000", "1.000",
+                       "1.000", "1.000"]
+    assert rows[1][:10] == ["p", "local fine-tuning", "0.0900", "0.0400", "0.1800", "0.0800", "1.000", "1.000",
+                            "1.000", "1.000"]
+    assert rows[2] == ["p", "centralised", "0.0900", "0.0400", "0.1800", "0.0800"] + [""] * 8
     seeds[1]["local fine-tuning"]["hr@10"] = 0.17  # fine-tuned mean 0.135: 1.5x global and centralised
+    seeds[1]["local fine-tuning"]["val_ndcg@10"] = 0.06  # fine-tuned val mean 0.09 against 0.08: 1.125x
     rows = [[c.strip() for c in row.split("|")[1:-1]] for row in bench.summarise("p", seeds)]
-    assert rows[1][6] == "1.500" and rows[1][8] == "1.500"
+    assert rows[1][6] == "1.500" and rows[1][10] == "1.500" and rows[1][9] == "1.125" and rows[1][13] == "1.125"

@@ -64,3 +64,13 @@ def test_tune_refuses_the_final_fit_on_validation(tmp_path):
     with pytest.raises(FedrecError, match="data.train_on_validation trains on it"):
         tune(DEFAULT_TOML, SMALL + ["data.split=leave_last_out", "data.train_on_validation=true"], 1, tmp_path / "t")
     assert not (tmp_path / "t").exists()  # refused before any trial
+
+
+def test_tune_chooses_fine_tuning_on_the_fine_tuned_validation_metric(tmp_path):
+    space = [parse_param("eval.mix_beta=0.0:1.0")]
+    summary = tune(DEFAULT_TOML, SMALL + ["eval.finetune_epochs=1"], 2, tmp_path / "t", space,
+                   metric="finetuned_val_rmse", seed=0)
+    assert summary["metric"] == "finetuned_val_rmse" and summary["direction"] == "minimize"
+    for record in summary["trials"]:
+        metrics = json.loads((Path(record["run"]) / "metrics.json").read_text())
+        assert record["finetuned_val_rmse"] == metrics["finetuned_val_rmse"] != metrics["finetuned_rmse"]

@@ -65,7 +65,7 @@ import torch
 from scipy.stats import rankdata
 from torch import Tensor
 
-from fedrec.config import TEXT_MODELS, RunConfig
+from fedrec.config import TEXT_MODELS, VIRTUAL_FAKES_UNCLIPPED, RunConfig
 from fedrec.errors import FedrecError
 from fedrec.federated import rng
 from fedrec.federated.aggregation import CohortUpdate, RowWeighting, aggregate_rows, row_weights
@@ -406,7 +406,8 @@ def client_item_truth(data: ClientData, clients: np.ndarray, num_items: int) -> 
     return truth
 
 
-def rating_attack_applies(model: RecModel, data: ClientData, ranking: bool, recency_repeats: int = 0) -> str | None:
+def rating_attack_applies(model: RecModel, data: ClientData, ranking: bool, recency_repeats: int = 0,
+                          local_clip_norm: float | None = None) -> str | None:
     """None when the rating attack is defined for this job, else the reason it is not."""
     from fedrec.models.mf import BiasedMF
 
@@ -415,6 +416,9 @@ def rating_attack_applies(model: RecModel, data: ClientData, ranking: bool, rece
     if recency_repeats:  # the inversion assumes each rated item appears once per local epoch
         return ("the rating attack inverts updates where each rating appears once per epoch, but "
                 "train.recency_repeats repeats a client's latest ones; set train.recency_repeats=0 to audit ratings")
+    if local_clip_norm is not None:  # ... and an unscaled SGD step
+        return ("the rating attack inverts unscaled SGD steps, but train.local_clip_norm rescales them (a different "
+                "step, not a privacy guarantee); remove train.local_clip_norm to audit ratings")
     owners = np.unique(np.stack([np.repeat(np.arange(data.num_clients), data.sizes), data.users]), axis=1)
     if len(np.unique(owners[0])) != owners.shape[1]:
         return "the rating attack needs one user per client (data.clients=per_user)"
@@ -438,6 +442,11 @@ def run_audit(config: RunConfig, audit: AuditSettings, on_round: Callable[[int, 
         raise FedrecError(f"fedrec audit attacks the uploaded item rows, but {config.model.name} also reveals a client's "
                           "items through its text adapter update, which the audit does not measure (its result would "
                           "understate the leak); audit an ID model (mf, bpr, ncf)")
+    if (config.train.local_clip_norm is not None and audit.hiding.mode == "pseudo"
+            and audit.hiding.pseudo_values == "virtual"):
+        raise FedrecError(VIRTUAL_FAKES_UNCLIPPED.replace("privacy.hiding = 'pseudo' with pseudo_values = 'virtual'",
+                                                          "--hiding pseudo with --pseudo-values virtual")
+                          .replace("pseudo_values = 'bootstrap'", "--pseudo-values bootstrap"))
     if audit.observe_rounds > config.train.rounds:
         raise FedrecError(f"cannot observe {audit.observe_rounds} rounds of a {config.train.rounds}-round run; "
                           f"set train.rounds >= {audit.observe_rounds} or lower --observe")
@@ -456,7 +465,9 @@ def run_audit(config: RunConfig, audit: AuditSettings, on_round: Callable[[int, 
     num_items = num_catalogue_items(model)
     audited = audited_clients(eligible, audit.max_clients, seed)
     observations = ItemObservations.empty(audited, num_items)
-    no_rating_attack = rating_attack_applies(model, data, exp.evaluator.ranking, config.train.recency_repeats)
+    no_rating_attack = rating_attack_applies(model, data, exp.evaluator.ranking, config.train.recency_repeats,
+                                             config.train.local_clip_norm)
+    mf_uploads = rating_attack_applies(model, data, exp.evaluator.ranking) is None  # the direction scorer's need
     l2 = float(getattr(getattr(model, "config", None), "l2", 0.0))
     evidence: list[tuple[int, RatingEvidence]] = []
     params = model.init_params(torch.Generator().manual_seed(seed))
@@ -484,8 +495,7 @@ def run_audit(config: RunConfig, audit: AuditSettings, on_round: Callable[[int, 
             if not audit.secagg:
                 bytes_up += hidden_upload_bytes(model, hidden, audit.hiding.mode)
             if observed and not audit.secagg:
-                direction = (mf_direction_scores(hidden, params, settings.local, l2)
-                             if no_rating_attack is None else None)
+                direction = mf_direction_scores(hidden, params, settings.local, l2) if mf_uploads else None
                 observations.add_uploads(hidden, cohort[positions], direction)
                 if no_rating_attack is None:
                     round_evidence.append(rating_evidence(hidden, cohort[positions], params, settings.local, l2))
