@@ -71,9 +71,10 @@ TEXT_PIPELINE_KEYS = frozenset({"text_encoder", "text_dim", "text_max_length", "
 
 
 #: why virtual fake rows and local clipping do not mix (fedrec/privacy/hiding.py builds fakes from one unclipped step)
-VIRTUAL_FAKES_UNCLIPPED = ("privacy.hiding = 'pseudo' with pseudo_values = 'virtual' builds fake rows from one unclipped "
-                           "SGD step, so with train.local_clip_norm the clipped real rows stand out; use "
-                           "pseudo_values = 'bootstrap' (resampled real rows) or remove train.local_clip_norm")
+VIRTUAL_FAKES_UNCLIPPED = ("pseudo-item hiding with virtual fake values builds fake rows from one unclipped SGD step, so "
+                           "with train.local_clip_norm the clipped real rows stand out; use bootstrap fake values "
+                           "(privacy.pseudo_values = 'bootstrap'; fedrec audit: --pseudo-values bootstrap) or remove "
+                           "train.local_clip_norm")
 
 
 class ModelConfig(Section):

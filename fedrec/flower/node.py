@@ -29,7 +29,6 @@ from fedrec.errors import FedrecError
 from fedrec.eval.protocol import Evaluator
 from fedrec.federated.aggregation import CohortUpdate
 from fedrec.federated.cohort import ClientData
-from fedrec.federated.local import LocalTraining
 from fedrec.federated.personalize import Personalization, finetune, refit_private_rows
 from fedrec.federated.rng import seeded_torch
 from fedrec.federated.server import BACKENDS, write_private_rows
@@ -210,12 +209,6 @@ def full_params(view: NodeView, shared: dict[str, Tensor], private: dict[str, Te
     return params
 
 
-def local_training(config: RunConfig) -> LocalTraining:
-    train = config.train
-    return LocalTraining(train.local_epochs, train.local_lr, train.batch_size, train.private_lr, train.prox_mu,
-                         train.local_clip_norm)
-
-
 def handle_train(view: NodeView, state: RecordDict, content: RecordDict) -> RecordDict:
     """Train this node's part of the cohort; reply with its CohortUpdate, keep its private rows (and, with
     a state directory, save the node's state after the round).
@@ -311,6 +304,8 @@ def _train_round(view: NodeView, state: RecordDict, content: RecordDict) -> Reco
         return RecordDict({RESULT: ConfigRecord({"round": round_index, "loss_sum": 0.0, "steps": 0, "clients": 0})})
     shared = record_to_tensors(content.array_records[SHARED])
     params = full_params(view, shared, private)
+    from fedrec.runtime.trainer import local_training
+
     train = BACKENDS[view.config.train.backend]
     with seeded_torch(view.config.train.seed, round_index):
         result = train(view.model, params, view.data, np.sort(cohort), local_training(view.config), view.config.train.seed,
@@ -372,11 +367,11 @@ def handle_evaluate(view: NodeView, state: RecordDict, content: RecordDict) -> R
         metrics = {**before, **node_metrics(view, params)}
     else:
         metrics = node_metrics(view, params)
-    epochs = view.config.eval.finetune_epochs
-    if FINETUNE in content.config_records and epochs:
-        local = LocalTraining(epochs, train.local_lr, train.batch_size, train.private_lr, clip_norm=train.local_clip_norm)
-        personal = finetune(view.model, params, view.data, view.client_of_user, local, train.seed,
-                            mix_beta=view.config.eval.mix_beta)
+    if FINETUNE in content.config_records and view.config.eval.finetune_epochs:
+        from fedrec.runtime.trainer import local_training
+
+        personal = finetune(view.model, params, view.data, view.client_of_user,
+                            local_training(view.config, finetune=True), train.seed, mix_beta=view.config.eval.mix_beta)
         metrics.update(node_metrics(view, params, prefix="finetuned_", personal=personal, validation=False))
     return RecordDict({METRICS: ConfigRecord({"json": json.dumps(metrics)})})
 

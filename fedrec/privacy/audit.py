@@ -406,19 +406,23 @@ def client_item_truth(data: ClientData, clients: np.ndarray, num_items: int) -> 
     return truth
 
 
-def rating_attack_applies(model: RecModel, data: ClientData, ranking: bool, recency_repeats: int = 0,
-                          local_clip_norm: float | None = None) -> str | None:
-    """None when the rating attack is defined for this job, else the reason it is not."""
+def plain_steps_reason(recency_repeats: int, local_clip_norm: float | None) -> str | None:
+    """None when each rating is one plain SGD step per local epoch (as the rating inversion assumes), else why not."""
+    if recency_repeats:
+        return ("the rating attack inverts updates where each rating appears once per epoch, but "
+                "train.recency_repeats repeats a client's latest ones; set train.recency_repeats=0 to audit ratings")
+    if local_clip_norm is not None:
+        return ("the rating attack inverts unscaled SGD steps, but train.local_clip_norm rescales them (a different "
+                "step, not a privacy guarantee); remove train.local_clip_norm to audit ratings")
+    return None
+
+
+def rating_attack_applies(model: RecModel, data: ClientData, ranking: bool) -> str | None:
+    """None when the uploads are biased-MF rating updates of one user per client, else the reason they are not."""
     from fedrec.models.mf import BiasedMF
 
     if not isinstance(model, BiasedMF) or ranking:
         return "the rating attack inverts biased-MF updates; it needs model.name=mf with explicit ratings"
-    if recency_repeats:  # the inversion assumes each rated item appears once per local epoch
-        return ("the rating attack inverts updates where each rating appears once per epoch, but "
-                "train.recency_repeats repeats a client's latest ones; set train.recency_repeats=0 to audit ratings")
-    if local_clip_norm is not None:  # ... and an unscaled SGD step
-        return ("the rating attack inverts unscaled SGD steps, but train.local_clip_norm rescales them (a different "
-                "step, not a privacy guarantee); remove train.local_clip_norm to audit ratings")
     owners = np.unique(np.stack([np.repeat(np.arange(data.num_clients), data.sizes), data.users]), axis=1)
     if len(np.unique(owners[0])) != owners.shape[1]:
         return "the rating attack needs one user per client (data.clients=per_user)"
@@ -444,9 +448,7 @@ def run_audit(config: RunConfig, audit: AuditSettings, on_round: Callable[[int, 
                           "understate the leak); audit an ID model (mf, bpr, ncf)")
     if (config.train.local_clip_norm is not None and audit.hiding.mode == "pseudo"
             and audit.hiding.pseudo_values == "virtual"):
-        raise FedrecError(VIRTUAL_FAKES_UNCLIPPED.replace("privacy.hiding = 'pseudo' with pseudo_values = 'virtual'",
-                                                          "--hiding pseudo with --pseudo-values virtual")
-                          .replace("pseudo_values = 'bootstrap'", "--pseudo-values bootstrap"))
+        raise FedrecError(VIRTUAL_FAKES_UNCLIPPED)
     if audit.observe_rounds > config.train.rounds:
         raise FedrecError(f"cannot observe {audit.observe_rounds} rounds of a {config.train.rounds}-round run; "
                           f"set train.rounds >= {audit.observe_rounds} or lower --observe")
@@ -465,9 +467,8 @@ def run_audit(config: RunConfig, audit: AuditSettings, on_round: Callable[[int, 
     num_items = num_catalogue_items(model)
     audited = audited_clients(eligible, audit.max_clients, seed)
     observations = ItemObservations.empty(audited, num_items)
-    no_rating_attack = rating_attack_applies(model, data, exp.evaluator.ranking, config.train.recency_repeats,
-                                             config.train.local_clip_norm)
-    mf_uploads = rating_attack_applies(model, data, exp.evaluator.ranking) is None  # the direction scorer's need
+    not_mf_uploads = rating_attack_applies(model, data, exp.evaluator.ranking)  # the direction scorer needs MF uploads
+    no_rating_attack = not_mf_uploads or plain_steps_reason(config.train.recency_repeats, config.train.local_clip_norm)
     l2 = float(getattr(getattr(model, "config", None), "l2", 0.0))
     evidence: list[tuple[int, RatingEvidence]] = []
     params = model.init_params(torch.Generator().manual_seed(seed))
@@ -495,7 +496,8 @@ def run_audit(config: RunConfig, audit: AuditSettings, on_round: Callable[[int, 
             if not audit.secagg:
                 bytes_up += hidden_upload_bytes(model, hidden, audit.hiding.mode)
             if observed and not audit.secagg:
-                direction = mf_direction_scores(hidden, params, settings.local, l2) if mf_uploads else None
+                direction = (mf_direction_scores(hidden, params, settings.local, l2) if not_mf_uploads is None
+                             else None)
                 observations.add_uploads(hidden, cohort[positions], direction)
                 if no_rating_attack is None:
                     round_evidence.append(rating_evidence(hidden, cohort[positions], params, settings.local, l2))

@@ -77,12 +77,21 @@ def privacy_settings(config: RunConfig, eligible_clients: int, noise_multiplier:
     return settings
 
 
+def local_training(config: RunConfig, finetune: bool = False) -> LocalTraining:
+    """The clients' local SGD as configured; ``finetune``: the eval.finetune_epochs pass (no FedProx pull)."""
+    train = config.train
+    if finetune:
+        return LocalTraining(config.eval.finetune_epochs, train.local_lr, train.batch_size, train.private_lr,
+                             clip_norm=train.local_clip_norm)
+    return LocalTraining(train.local_epochs, train.local_lr, train.batch_size, train.private_lr, train.prox_mu,
+                         train.local_clip_norm)
+
+
 def fedavg_settings(config: RunConfig, privacy: CentralDP | LocalDP | None = None,
                     attack: Adversary | None = None) -> FedAvgSettings:
     train = config.train
     return FedAvgSettings(
-        local=LocalTraining(train.local_epochs, train.local_lr, train.batch_size, train.private_lr, train.prox_mu,
-                            train.local_clip_norm),
+        local=local_training(config),
         client_fraction=train.client_fraction,
         server=ServerOptimizer(train.server_optimizer, train.server_lr, train.server_momentum,
                                train.server_beta1, train.server_beta2, train.server_tau, train.server_lazy_rows),
@@ -451,12 +460,9 @@ def final_metrics(run: _Run) -> dict[str, Any]:
     exp = run.exp
     params = run.detached()
     metrics: dict[str, Any] = dict(exp.evaluator(params))
-    finetune_epochs = run.config.eval.finetune_epochs
-    if finetune_epochs and run.federated:
-        train = run.config.train
-        local = LocalTraining(finetune_epochs, train.local_lr, train.batch_size, train.private_lr,
-                              clip_norm=train.local_clip_norm)
-        personal = finetune(exp.model, params, exp.clients, exp.partition.client_of_user, local, train.seed,
+    if run.config.eval.finetune_epochs and run.federated:
+        personal = finetune(exp.model, params, exp.clients, exp.partition.client_of_user,
+                            local_training(run.config, finetune=True), run.config.train.seed,
                             mix_beta=run.config.eval.mix_beta)
         metrics.update(exp.evaluator(params, personal, prefix="finetuned_"))  # finetuned_val_*: choose epochs on it
     if run.before_refit is not None:  # the headline metrics are after the refit; these are before it
