@@ -86,6 +86,7 @@ class ModelConfig(Section):
     l2: float | None = Field(default=None, ge=0.0)
     init_std: float | None = Field(default=None, gt=0.0)
     negatives: int | None = Field(default=None, ge=1, le=1000)  # bpr, ncf: sampled negatives per example
+    loss: Literal["bpr", "softmax"] | None = None  # bpr, text_bpr, tower_bpr: BPR (default) or sampled softmax
     variant: Literal["gmf", "mlp", "neumf"] | None = None  # ncf
     layers: list[int] | None = None  # ncf: MLP layer sizes
     private_head: bool | None = None  # ncf: PFedRec-style private output layer

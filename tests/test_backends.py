@@ -112,6 +112,7 @@ def test_cohort_sampling_is_deterministic_fixed_size_and_varies_by_round():
     "name, options",
     [
         ("bpr", dict(dim=6, negatives=2)),
+        ("bpr", dict(dim=6, negatives=3, loss="softmax")),
         ("ncf", dict(variant="neumf", dim=4, layers=(8, 4), negatives=3)),
         ("ncf", dict(variant="gmf", dim=4, negatives=1, private_head=True)),
     ],

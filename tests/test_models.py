@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from fedrec.models.base import ExampleBatch, ParamKind, gather_rows, parameter_bytes
+from fedrec.models.base import ExampleBatch, ParamKind, gather_rows, parameter_bytes, ranking_loss
+from fedrec.models.bpr import BPRConfig, BPRMF
 from fedrec.models.mf import BiasedMF, MFConfig
 from fedrec.models.registry import MODELS, build_model
 from fedrec.errors import FedrecError
@@ -52,6 +53,46 @@ def test_mf_gradient_of_user_vector_matches_formula():
     # d/dp = 2 * err * q + 2 * l2 * p = 2*0.9*[0.3,0.4] + 0.2*[1,2]
     expected = [2 * 0.9 * 0.3 + 0.2 * 1.0, 2 * 0.9 * 0.4 + 0.2 * 2.0]
     assert rows["user_vec"].grad[0, 0].tolist() == pytest.approx(expected, abs=1e-6)
+
+
+def test_ranking_losses_match_hand_computation():
+    """Scores (positive first) [2, 0, 1]: BPR averages -log sigmoid over the margins; softmax is one cross-entropy."""
+    scores = torch.tensor([[2.0, 0.0, 1.0]])
+    bpr = (math.log1p(math.exp(-2.0)) + math.log1p(math.exp(-1.0))) / 2
+    softmax = -2.0 + math.log(math.exp(2.0) + math.exp(0.0) + math.exp(1.0))
+    assert float(ranking_loss(scores, "bpr")[0]) == pytest.approx(bpr, abs=1e-6)
+    assert float(ranking_loss(scores, "softmax")[0]) == pytest.approx(softmax, abs=1e-6)
+    # one negative: the two losses are the same function of the margin
+    pair = torch.tensor([[0.3, -0.4]])
+    assert float(ranking_loss(pair, "softmax")[0]) == pytest.approx(float(ranking_loss(pair, "bpr")[0]), abs=1e-6)
+    with pytest.raises(ValueError, match="bpr, softmax"):
+        ranking_loss(scores, "hinge")
+
+
+@pytest.mark.parametrize("loss", ["bpr", "softmax"])
+def test_bpr_mf_loss_matches_hand_computation(loss: str):
+    """score = <p_u, q_i> + b_i for the positive and each negative, then the ranking loss plus L2 on the rows used."""
+    model = BPRMF(BPRConfig(dim=2, l2=0.1, negatives=2, loss=loss), num_users=1, num_items=3)
+    params = {"user_vec": torch.tensor([[1.0, 2.0]]),
+              "item_vec": torch.tensor([[0.3, 0.4], [1.0, 0.0], [-1.0, 1.0]]),
+              "item_bias": torch.tensor([[0.2], [0.0], [-0.5]])}
+    rows = gather_rows(model, params, torch.tensor([0]), torch.tensor([[[0, 1, 2]]]))
+    # scores: 0.3 + 0.8 + 0.2 = 1.3; 1.0; -1 + 2 - 0.5 = 0.5
+    s = [1.3, 1.0, 0.5]
+    if loss == "bpr":
+        expected = (math.log1p(math.exp(-(s[0] - s[1]))) + math.log1p(math.exp(-(s[0] - s[2])))) / 2
+    else:
+        expected = -s[0] + math.log(sum(math.exp(v) for v in s))
+    # reg: |p|^2 5 + |q|^2 (0.25 + 1 + 2) + b^2 (0.04 + 0 + 0.25)
+    expected += 0.1 * (5.0 + 3.25 + 0.29)
+    assert float(model.example_loss(rows, ExampleBatch(torch.ones(1, 1)))[0, 0]) == pytest.approx(expected, abs=1e-5)
+
+
+def test_unknown_ranking_loss_is_refused():
+    with pytest.raises(FedrecError, match="loss"):
+        build_model("bpr", {"loss": "hinge"}, 2, 3)
+    with pytest.raises(FedrecError, match="does not take model.loss"):
+        build_model("ncf", {"loss": "softmax"}, 2, 3)
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -23,10 +25,10 @@ def _text(num_items: int, seed: int = 0) -> torch.Tensor:
     return torch.nn.functional.normalize(torch.randn(num_items, TEXT_DIM, generator=torch.Generator().manual_seed(seed)), dim=1)
 
 
-def _hand_model(name: str):
+def _hand_model(name: str, **options):
     """2 users, 3 items, dim 2, text dim 2, linear adapter: small enough to score by hand."""
     text = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
-    model = build_model(name, {"dim": 2, "l2": 0.1}, 2, 3, item_text=text)
+    model = build_model(name, {"dim": 2, "l2": 0.1, **options}, 2, 3, item_text=text)
     params = model.init_params(torch.Generator().manual_seed(0))
     params["user_vec"] = torch.tensor([[1.0, 2.0], [0.5, -1.0]])
     params["adapter_w"] = torch.tensor([[1.0, 0.0], [1.0, 1.0]])  # A(t) = t @ W + b
@@ -46,6 +48,21 @@ def test_tower_scores_match_hand_computation():
     loss = model.example_loss(rows, ExampleBatch(torch.ones(1, 2)))
     # -log sigmoid(2.9 - 0.9) + 0.1 * |p_0|^2 = 0.126928 + 0.5
     assert float(loss[0, 0]) == pytest.approx(float(-torch.nn.functional.logsigmoid(torch.tensor(2.0))) + 0.5, abs=1e-6)
+
+
+def test_tower_softmax_loss_matches_hand_computation():
+    """The same rows as above with loss softmax: -s_pos + log(exp(s_pos) + exp(s_neg)), plus the L2."""
+    model, params = _hand_model("tower_bpr", loss="softmax")
+    rows = gather_rows(model, params, torch.tensor([0, 1]), torch.tensor([[2, 0], [1, 2]]))
+    loss = model.example_loss(rows, ExampleBatch(torch.ones(1, 2)))
+    assert float(loss[0, 0]) == pytest.approx(-2.9 + math.log(math.exp(2.9) + math.exp(0.9)) + 0.5, abs=1e-6)
+
+
+def test_rating_and_ranking_text_models_refuse_each_others_loss():
+    with pytest.raises(FedrecError, match="squared error"):
+        build_model("text_mf", {"loss": "softmax"}, 3, 4, item_text=_text(4))
+    with pytest.raises(FedrecError, match="implicit-feedback"):
+        build_model("tower_bpr", {"loss": "mse"}, 3, 4, item_text=_text(4))
 
 
 def test_id_plus_text_scores_and_mse_loss_match_hand_computation():
@@ -116,6 +133,7 @@ def test_unseen_item_scores_by_text_alone():
     "name, options",
     [
         ("text_bpr", dict(dim=4, negatives=2)),
+        ("text_bpr", dict(dim=4, negatives=3, loss="softmax")),
         ("tower_bpr", dict(dim=4, negatives=3, text_adapter="mlp", adapter_hidden=6)),
         ("text_mf", dict(dim=4)),
     ],

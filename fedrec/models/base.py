@@ -129,6 +129,24 @@ class RecModel(abc.ABC):
                 if math.prod(spec.row_shape) > 1}
 
 
+#: ranking losses over an example's scores (positive first, then its sampled negatives)
+RANKING_LOSSES = ("bpr", "softmax")
+
+
+def ranking_loss(scores: Tensor, loss: str) -> Tensor:
+    """Per-example loss from scores (..., 1 + negatives), the positive first.
+
+    ``bpr``: the mean over negatives of -log sigmoid(s_pos - s_neg) (Rendle et al. 2009).
+    ``softmax``: sampled softmax, -log(exp(s_pos) / (exp(s_pos) + sum_neg exp(s_neg))), the positive
+    against all its negatives at once (as SASRec's loss here; it weighs the hardest negatives most).
+    """
+    if loss == "bpr":
+        return -torch.nn.functional.logsigmoid(scores[..., :1] - scores[..., 1:]).mean(-1)
+    if loss == "softmax":
+        return -torch.log_softmax(scores, dim=-1)[..., 0]
+    raise ValueError(f"ranking loss {loss!r} must be one of {', '.join(RANKING_LOSSES)}")
+
+
 def parameter_bytes(spec: ParamSpec, rows: int | None = None, bytes_per_value: int = 4) -> int:
     """Bytes of a tensor of this spec: all of it, or ``rows`` rows of a row table."""
     count = 1

@@ -1,8 +1,9 @@
 """BPR-MF (Rendle et al. 2009, "BPR: Bayesian Personalized Ranking from Implicit Feedback").
 
 score(u, i) = <p_u, q_i> + b_i. Each training example is an interacted item plus ``negatives``
-items the client samples from those the user has not interacted with; the loss is
--log sigmoid(score(u, pos) - score(u, neg)), averaged over the negatives, plus L2 on the rows used.
+items the client samples from those the user has not interacted with; the loss (``loss``) is BPR's
+-log sigmoid(score(u, pos) - score(u, neg)), averaged over the negatives, or the sampled softmax of the
+positive against its negatives (:func:`fedrec.models.base.ranking_loss`), plus L2 on the rows used.
 The user vector is private; item vectors and biases are shared.
 """
 
@@ -11,10 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from fedrec.models.base import ExampleBatch, ParamKind, ParamSpec, RecModel
+from fedrec.models.base import RANKING_LOSSES, ExampleBatch, ParamKind, ParamSpec, RecModel, ranking_loss
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,11 @@ class BPRConfig:
     l2: float = 1e-4
     init_std: float = 0.1
     negatives: int = 1
+    loss: str = "bpr"  # "bpr" (pairwise) or "softmax" (sampled softmax over the positive and its negatives)
+
+    def __post_init__(self) -> None:
+        if self.loss not in RANKING_LOSSES:
+            raise ValueError(f"loss={self.loss!r} must be one of {', '.join(RANKING_LOSSES)}")
 
 
 class BPRMF(RecModel):
@@ -56,9 +61,8 @@ class BPRMF(RecModel):
 
     def example_loss(self, rows: dict[str, Tensor], batch: ExampleBatch) -> Tensor:
         scores = self.predict(rows)  # (G, N, 1 + negatives)
-        margin = scores[..., :1] - scores[..., 1:]  # (G, N, negatives)
         reg = rows["user_vec"].pow(2).sum(-1) + rows["item_vec"].pow(2).sum((-2, -1)) + rows["item_bias"].pow(2).sum((-2, -1))
-        return -F.logsigmoid(margin).mean(-1) + self.config.l2 * reg
+        return ranking_loss(scores, self.config.loss) + self.config.l2 * reg
 
     def score_all(self, params: dict[str, Tensor], users: Tensor) -> Tensor:
         return params["user_vec"][users] @ params["item_vec"].T + params["item_bias"].T  # (B, I)

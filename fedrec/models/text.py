@@ -10,8 +10,8 @@ recommender's space; the adapter is ``SHARED_DENSE``, so it is trained by every 
 - **Text tower** (``tower_bpr``, ``tower_mf``): q_i = A(t_i), no ID parameter at all, so it scores
   items no one has interacted with (cold start).
 
-Scores and losses are those of BPR-MF (``*_bpr``: <p_u, q_i> + b_i, BPR loss over sampled
-negatives) and biased MF (``*_mf``: mu + b_u + b_i + <p_u, q_i>, squared error); the tower has no
+Scores and losses are those of BPR-MF (``*_bpr``: <p_u, q_i> + b_i, BPR or sampled-softmax loss
+over sampled negatives, ``loss``) and biased MF (``*_mf``: mu + b_u + b_i + <p_u, q_i>, squared error); the tower has no
 item bias (it would be an ID parameter). User vectors (and biases) are private. L2 covers the
 rows an example uses, as in those models; the adapter is not penalised.
 
@@ -27,10 +27,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from fedrec.models.base import ExampleBatch, ParamKind, ParamSpec, RecModel
+from fedrec.models.base import RANKING_LOSSES, ExampleBatch, ParamKind, ParamSpec, RecModel, ranking_loss
 
 ADAPTERS = ("linear", "mlp")
 
@@ -44,19 +43,24 @@ class TextModelConfig:
     text_adapter: str = "linear"  # "linear" or "mlp"
     adapter_hidden: int = 128  # mlp: hidden units
     item_ids: bool = True  # False: the text tower (no ID embedding, no item bias)
-    loss: str = "bpr"  # "bpr" (implicit feedback) or "mse" (ratings)
+    loss: str = "bpr"  # "bpr" or "softmax" (implicit feedback, fedrec.models.base.ranking_loss), "mse" (ratings)
     global_mean: float = 0.0  # mse: initial mu
 
     def __post_init__(self) -> None:
         if self.text_adapter not in ADAPTERS:
             raise ValueError(f"text_adapter={self.text_adapter!r} must be one of {', '.join(ADAPTERS)}")
-        if self.loss not in ("bpr", "mse"):
-            raise ValueError(f"loss={self.loss!r} must be bpr or mse")
+        if self.loss not in (*RANKING_LOSSES, "mse"):
+            raise ValueError(f"loss={self.loss!r} must be one of {', '.join(RANKING_LOSSES)} or mse")
 
 
 @dataclass(frozen=True)
 class TextBPRConfig(TextModelConfig):
-    """ID + text, BPR loss."""
+    """ID + text, a ranking loss (BPR by default)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.loss not in RANKING_LOSSES:
+            raise ValueError(f"loss={self.loss!r}: an implicit-feedback model takes {' or '.join(RANKING_LOSSES)}")
 
 
 @dataclass(frozen=True)
@@ -67,22 +71,25 @@ class TextMFConfig(TextModelConfig):
     loss: str = "mse"
     negatives: int = 0
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.loss != "mse":
+            raise ValueError(f"loss={self.loss!r}: a rating model is trained on squared error; for implicit "
+                             "feedback use text_bpr or tower_bpr")
+
 
 @dataclass(frozen=True)
-class TowerBPRConfig(TextModelConfig):
-    """Text tower, BPR loss."""
+class TowerBPRConfig(TextBPRConfig):
+    """Text tower, a ranking loss (BPR by default)."""
 
     item_ids: bool = False
 
 
 @dataclass(frozen=True)
-class TowerMFConfig(TextModelConfig):
+class TowerMFConfig(TextMFConfig):
     """Text tower, squared error on ratings."""
 
     item_ids: bool = False
-    l2: float = 0.05
-    loss: str = "mse"
-    negatives: int = 0
 
 
 def frozen(value: Tensor) -> Tensor:
@@ -103,13 +110,13 @@ class TextRec(RecModel):
         self.num_items = num_items
         self.item_text = item_text.detach().float().contiguous()
         self.text_dim = int(item_text.shape[1])
-        self.negatives = config.negatives if config.loss == "bpr" else 0
-        if config.loss == "bpr" and self.negatives < 1:
-            raise ValueError("BPR needs negatives >= 1")
+        self.negatives = config.negatives if self.ranking else 0
+        if self.ranking and self.negatives < 1:
+            raise ValueError(f"the {config.loss} loss needs negatives >= 1")
 
     @property
     def ranking(self) -> bool:
-        return self.config.loss == "bpr"
+        return self.config.loss in RANKING_LOSSES
 
     def _adapter_specs(self) -> list[ParamSpec]:
         t, d, h = self.text_dim, self.config.dim, self.config.adapter_hidden
@@ -184,8 +191,7 @@ class TextRec(RecModel):
         if self.config.item_ids:
             reg = reg + rows["item_vec"].pow(2).sum((-2, -1)) + rows["item_bias"].pow(2).sum((-2, -1))
         if self.ranking:
-            margin = scores[..., :1] - scores[..., 1:]
-            return -F.logsigmoid(margin).mean(-1) + self.config.l2 * reg
+            return ranking_loss(scores, self.config.loss) + self.config.l2 * reg
         reg = reg + rows["user_bias"].pow(2).sum(-1)
         return (scores[..., 0] - batch.targets).pow(2) + self.config.l2 * reg
 
