@@ -148,11 +148,12 @@ def test_merge_refuses_overlapping_positions():
     ["eval.finetune_epochs=1", "data.split='leave_last_out'"],
     # local gradient clipping on the nodes, in training and fine-tuning alike
     ["eval.finetune_epochs=1", "data.split='leave_last_out'", "train.local_clip_norm=0.05"],
-    # recency emphasis: each node repeats its users' latest interactions as the simulator does (ties at random)
+    # recency emphasis: each node repeats its users' latest interactions as the simulator does (ties at random);
+    # with the sampled-softmax loss over 3 negatives
     ["model.name='bpr'", "eval.sampled_negatives=0", "data.split='leave_last_out'", "data.time_ties='random'",
-     "train.recency_repeats=2", "train.recency_window=2"],
+     "train.recency_repeats=2", "train.recency_window=2", "model.loss='softmax'", "model.negatives=3"],
 ], ids=["per-user-mf", "silos-mf", "per-user-bpr", "per-user-mf-refit", "per-user-bpr-finetune", "per-user-mf-finetune",
-        "per-user-mf-finetune-clipped", "per-user-bpr-recency"])
+        "per-user-mf-finetune-clipped", "per-user-bpr-softmax-recency"])
 def test_in_process_deployment_equals_the_simulator(tmp_path, extra):
     config = load_config(None, SYNTHETIC + extra)
     train(config, tmp_path / "sim")
