@@ -122,6 +122,7 @@ def test_finished_run_is_served_as_the_model_it_evaluated(tmp_path, monkeypatch)
     (["train.mode=centralized"], "trains federated only"),
     (["model.text_dim=64"], "set model.text_dim=0"),
     (["model.variant=gmf"], "does not take model.variant"),
+    (["model.loss=softmax"], "does not take model.loss"),  # its local steps train with BPR only
     (["privacy.noise_multiplier=1.0", "privacy.delta=1e-5"], "[privacy] settings (privacy.delta) are not supported"),
     (["train.local_epochs=2"], "train.local_epochs does not apply to model 'lora_bpr'"),
     (["eval.finetune_epochs=1"], "eval.finetune_epochs does not apply"),

@@ -76,7 +76,7 @@ def test_bpr_mf_loss_matches_hand_computation(loss: str):
     params = {"user_vec": torch.tensor([[1.0, 2.0]]),
               "item_vec": torch.tensor([[0.3, 0.4], [1.0, 0.0], [-1.0, 1.0]]),
               "item_bias": torch.tensor([[0.2], [0.0], [-0.5]])}
-    rows = gather_rows(model, params, torch.tensor([0]), torch.tensor([[[0, 1, 2]]]))
+    rows = gather_rows(model, params, torch.tensor([0]), torch.tensor([[0, 1, 2]]))
     # scores: 0.3 + 0.8 + 0.2 = 1.3; 1.0; -1 + 2 - 0.5 = 0.5
     s = [1.3, 1.0, 0.5]
     if loss == "bpr":

@@ -50,12 +50,19 @@ def test_tower_scores_match_hand_computation():
     assert float(loss[0, 0]) == pytest.approx(float(-torch.nn.functional.logsigmoid(torch.tensor(2.0))) + 0.5, abs=1e-6)
 
 
-def test_tower_softmax_loss_matches_hand_computation():
-    """The same rows as above with loss softmax: -s_pos + log(exp(s_pos) + exp(s_neg)), plus the L2."""
-    model, params = _hand_model("tower_bpr", loss="softmax")
-    rows = gather_rows(model, params, torch.tensor([0, 1]), torch.tensor([[2, 0], [1, 2]]))
-    loss = model.example_loss(rows, ExampleBatch(torch.ones(1, 2)))
-    assert float(loss[0, 0]) == pytest.approx(-2.9 + math.log(math.exp(2.9) + math.exp(0.9)) + 0.5, abs=1e-6)
+@pytest.mark.parametrize("loss", ["bpr", "softmax"])
+def test_tower_ranking_losses_match_hand_computation(loss: str):
+    """User 0, positive item 2 and negatives 0, 1 (scores 2.9, 0.9, 2.9 from the hand model above), plus the L2."""
+    model, params = _hand_model("tower_bpr", loss=loss, negatives=2)
+    rows = gather_rows(model, params, torch.tensor([0]), torch.tensor([[2, 0, 1]]))
+    # A(t1) = [0 + 1, 1] + [0.1, -0.1] = [1.1, 0.9]; <[1, 2], [1.1, 0.9]> = 2.9
+    torch.testing.assert_close(model.predict(rows)[0, 0], torch.tensor([2.9, 0.9, 2.9]))
+    if loss == "bpr":  # the mean of -log sigmoid over the margins 2.0 and 0.0
+        expected = (math.log1p(math.exp(-2.0)) + math.log(2.0)) / 2
+    else:  # one softmax over all three: -2.9 + log(2 e^2.9 + e^0.9)
+        expected = -2.9 + math.log(2 * math.exp(2.9) + math.exp(0.9))
+    loss_value = float(model.example_loss(rows, ExampleBatch(torch.ones(1, 1)))[0, 0])
+    assert loss_value == pytest.approx(expected + 0.5, abs=1e-6)  # 0.1 * |p_0|^2 = 0.5
 
 
 def test_rating_and_ranking_text_models_refuse_each_others_loss():
