@@ -50,7 +50,7 @@ from fedrec.eval.protocol import Evaluator
 from fedrec.federated.cohort import ClientData
 from fedrec.federated.negatives import UserItems
 from fedrec.federated.personalize import Personalization
-from fedrec.models.base import ExampleBatch, ParamKind, ParamSpec, RecModel
+from fedrec.models.base import ExampleBatch, ParamKind, ParamSpec, RecModel, ranking_loss
 
 ITEM_INITS = ("random", "text")
 _BLOCK_TENSORS = ("ln1_w", "ln1_b", "wq", "bq", "wk", "bk", "wv", "bv", "wo", "bo",
@@ -270,7 +270,7 @@ class SASRec(RecModel):
         positive = (hidden * emb[:, :, 1:L + 1]).sum(-1, keepdim=True)  # (G, N, L, 1)
         negative = hidden @ emb[:, :, L + 1:].transpose(-1, -2)  # (G, N, L, K)
         logits = torch.cat([positive, negative], -1)
-        per_position = -torch.log_softmax(logits, -1)[..., 0]
+        per_position = ranking_loss(logits, "softmax")  # sampled softmax at each position
         loss = torch.where(real, per_position, torch.zeros_like(per_position)).sum(-1) / L
         if self.config.l2:
             used = torch.cat([real, real.new_ones(*real.shape[:-1], 1 + self.negatives)], -1)  # (G, N, S)

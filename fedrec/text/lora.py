@@ -43,6 +43,7 @@ from fedrec.federated.cohort import ClientData, sample_cohort
 from fedrec.federated.negatives import sample_negatives
 from fedrec.federated.server_opt import ServerOptimizer
 from fedrec.generic.federated import intra_op_threads
+from fedrec.models.base import ranking_loss
 from fedrec.text.encoder import TextEncoder, embed_batch, mean_pool
 
 HEAD_NAMES = ("adapter_w", "adapter_b")  # the head's names in fedrec.models.text.TextRec (tower_bpr)
@@ -311,7 +312,7 @@ def tower_bpr_loss(user_vecs: Tensor, positive: Tensor, negative: Tensor, head_w
     q_neg = negative @ head_w + head_b
     s_pos = (user_vecs * q_pos).sum(-1)
     s_neg = (user_vecs.unsqueeze(1) * q_neg).sum(-1)
-    return -F.logsigmoid(s_pos.unsqueeze(1) - s_neg).mean(-1) + l2 * user_vecs.pow(2).sum(-1)
+    return ranking_loss(torch.cat([s_pos.unsqueeze(1), s_neg], 1), "bpr") + l2 * user_vecs.pow(2).sum(-1)
 
 
 # -- one client, one round -----------------------------------------------------------------------
