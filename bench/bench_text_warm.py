@@ -1,13 +1,15 @@
 """Warm items on ML-100K: ID + text (text_bpr) against ID-only BPR-MF, same split, seed and budget of rounds.
 
-Trains configs/ml100k-bpr-fedavg.toml (ID-only) and configs/ml100k-text-bpr-fedavg.toml (ID + text)
-with the same number of rounds and evaluation checkpoints, and reports full-ranking HR@10 / NDCG@10
-on the test interaction (leave-last-out by time) at every checkpoint, with validation NDCG@10 next
-to it (the only metric any setting was chosen on). Accuracy only: no timings.
+Trains an ID-only config (default configs/ml100k-bpr-fedavg.toml) and an ID + text one (default
+configs/ml100k-text-bpr-fedavg.toml) with the same number of rounds and evaluation checkpoints, and
+reports full-ranking HR@10 / NDCG@10 on the test interaction (leave-last-out by time) at every
+checkpoint, with validation NDCG@10 next to it (the only metric any setting was chosen on). Accuracy only: no timings.
 Target: ID + text >= ID-only on full-ranking NDCG@10.
 
     FEDREC_DATA=../shared/data OMP_NUM_THREADS=1 python bench/bench_text_warm.py [--rounds 80 --eval-every 10]
     FEDREC_DATA=../shared/data OMP_NUM_THREADS=1 python bench/bench_text_warm.py --seeds 3 --jobs 2   # mean of 3 seeds
+    FEDREC_DATA=../shared/data OMP_NUM_THREADS=1 python bench/bench_text_warm.py --seeds 3 --jobs 2 \
+        --id-config ml100k-bpr-softmax-fedavg --text-config ml100k-text-softmax-fedavg --section text_warm_softmax_configs
     FEDREC_DATA=../shared/data python bench/bench_text_warm.py --quick        # smoke run: 2 rounds, no write
 """
 
@@ -25,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-RUNS = {"ID-only (bpr)": "ml100k-bpr-fedavg", "ID + text (text_bpr)": "ml100k-text-bpr-fedavg"}
+ID_ONLY, ID_TEXT = "ID-only", "ID + text"
 
 
 def train_with_checkpoints(config_name: str, overrides: list[str], out_dir: Path) -> tuple[list[dict[str, Any]], dict]:
@@ -37,6 +39,24 @@ def train_with_checkpoints(config_name: str, overrides: list[str], out_dir: Path
     records: list[dict[str, Any]] = []
     metrics = train(config, out_dir, on_round=lambda record: records.append(record) if "ndcg@10" in record else None)
     return records, metrics
+
+
+def configured_rounds(*config_names: str) -> int:
+    """The train.rounds every named config sets; exits with a one-line error when they differ."""
+    from fedrec.config import load_config
+
+    rounds = {name: load_config(ROOT / "configs" / f"{name}.toml", []).train.rounds for name in config_names}
+    if len(set(rounds.values())) != 1:
+        sys.exit(f"error: the configs set different train.rounds ({rounds}); pass --rounds N to give both the same budget")
+    return next(iter(rounds.values()))
+
+
+def section_title(id_config: str, text_config: str, overrides: list[str]) -> str:
+    """The BENCHMARKS.md heading: the configs when they are not the default pair, and any overrides."""
+    title = "Warm items: ID + text vs ID-only (ML-100K, full ranking)"
+    if (id_config, text_config) != ("ml100k-bpr-fedavg", "ml100k-text-bpr-fedavg"):
+        title += f", {id_config} vs {text_config}"
+    return title + (f", with {', '.join(f'`{o}`' for o in overrides)}" if overrides else "")
 
 
 def _run(config_name: str, overrides: list[str], out_dir: Path, threads: int) -> tuple[list[dict[str, Any]], dict]:
@@ -59,8 +79,12 @@ def _mean_runs(runs: list[tuple[list[dict[str, Any]], dict]]) -> tuple[list[dict
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=80, help="rounds for both models (the same budget)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="rounds for both models (the same budget; default: the configs' train.rounds, which must agree)")
     parser.add_argument("--eval-every", type=int, default=10, help="rounds between checkpoints")
+    parser.add_argument("--id-config", default="ml100k-bpr-fedavg", help="the ID-only run's config (configs/NAME.toml)")
+    parser.add_argument("--text-config", default="ml100k-text-bpr-fedavg",
+                        help="the ID + text run's config (configs/NAME.toml); same split and rounds as --id-config")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="override for both runs")
     parser.add_argument("--text-set", dest="text_overrides", action="append", default=[],
                         help="override for the ID + text run only (e.g. a setting tuned on validation)")
@@ -77,21 +101,24 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.quick:
         args.rounds, args.eval_every, args.no_write = 2, 1, True
+    if args.rounds is None:
+        args.rounds = configured_rounds(args.id_config, args.text_config)
     common = [f"train.rounds={args.rounds}", f"train.eval_every={args.eval_every}", *args.overrides]
-    tasks = [(label, config_name, seed) for label, config_name in RUNS.items() for seed in range(args.seeds)]
+    configs = {ID_ONLY: args.id_config, ID_TEXT: args.text_config}
+    tasks = [(label, config_name, seed) for label, config_name in configs.items() for seed in range(args.seeds)]
     with tempfile.TemporaryDirectory() as tmp, ProcessPoolExecutor(args.jobs) as pool:
         futures = [pool.submit(_run, config_name, [*common, f"train.seed={seed}",
-                                                  *(args.text_overrides if config_name.startswith("ml100k-text") else [])],
-                               Path(tmp) / f"{config_name}-{seed}", args.threads)
+                                                  *(args.text_overrides if label == ID_TEXT else [])],
+                               Path(tmp) / f"{label}-{seed}", args.threads)
                    for label, config_name, seed in tasks]
-        runs: dict[str, list[tuple[list[dict[str, Any]], dict]]] = {label: [] for label in RUNS}
+        runs: dict[str, list[tuple[list[dict[str, Any]], dict]]] = {label: [] for label in configs}
         for (label, _, seed), future in zip(tasks, futures):
             records, final = future.result()
             runs[label].append((records, final))
             print(f"{label} seed {seed}: hr@10={final['hr@10']:.4f} ndcg@10={final['ndcg@10']:.4f} "
                   f"val_ndcg@10={final.get('val_ndcg@10', float('nan')):.4f}", flush=True)
-    id_records, id_final = _mean_runs(runs["ID-only (bpr)"])
-    text_records, text_final = _mean_runs(runs["ID + text (text_bpr)"])
+    id_records, id_final = _mean_runs(runs[ID_ONLY])
+    text_records, text_final = _mean_runs(runs[ID_TEXT])
     rows = ["| round | ID-only HR@10 | ID-only NDCG@10 | ID-only val NDCG@10 | ID + text HR@10 | ID + text NDCG@10 "
             "| ID + text val NDCG@10 | NDCG@10 ID + text / ID-only |",
             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -103,7 +130,7 @@ def main() -> None:
                     f"{text_record['ndcg@10'] / max(id_record['ndcg@10'], 1e-12):.3f} |")
     per_seed = "; ".join(
         f"seed {seed}: ID-only {id_run[1]['ndcg@10']:.4f}, ID + text {text_run[1]['ndcg@10']:.4f}"
-        for seed, (id_run, text_run) in enumerate(zip(runs["ID-only (bpr)"], runs["ID + text (text_bpr)"])))
+        for seed, (id_run, text_run) in enumerate(zip(runs[ID_ONLY], runs[ID_TEXT])))
     met = text_final["ndcg@10"] >= id_final["ndcg@10"]
     settings = ", ".join(f"`{o}`" for o in args.overrides + args.text_overrides) or "none"
     body = "\n".join(rows) + (
@@ -114,13 +141,12 @@ def main() -> None:
         "validation), full ranking over every item the user has not interacted with, federated FedAvg with the "
         "server's Adam, one client per user, all 943 every round, the same seeds (train.seed: initial model, batches, "
         "negatives) and the same number of rounds; every row is the mean over the seeds. "
-        "ID-only: configs/ml100k-bpr-fedavg.toml; ID + text: configs/ml100k-text-bpr-fedavg.toml (item vector = ID "
-        "embedding + a federated linear adapter of the all-MiniLM-L6-v2 embedding of title, year and genres, PCA to "
-        f"64 dims). Overrides: {settings}. Settings were chosen on the validation interaction only.\n")
+        f"ID-only: configs/{args.id_config}.toml; ID + text: configs/{args.text_config}.toml (item vector = ID "
+        "embedding + a federated adapter of the text encoder's embedding of title, year and genres). "
+        f"Overrides: {settings}. Settings were chosen on the validation interaction only.\n")
     print(body)
     if not args.no_write:
-        title = "Warm items: ID + text vs ID-only (ML-100K, full ranking)"
-        write_section(args.section, title if args.section == "text_warm" else f"{title}, with {settings}", body)
+        write_section(args.section, section_title(args.id_config, args.text_config, args.overrides + args.text_overrides), body)
 
 
 if __name__ == "__main__":
