@@ -1,9 +1,10 @@
-"""Warm items on ML-100K: ID + text (text_bpr) against ID-only BPR-MF, same split, seed and budget of rounds.
+"""Warm items on ML-100K: an ID + text model against its ID-only counterpart, same split, seeds and budget of rounds.
 
 Trains an ID-only config (default configs/ml100k-bpr-fedavg.toml) and an ID + text one (default
 configs/ml100k-text-bpr-fedavg.toml) with the same number of rounds and evaluation checkpoints, and
 reports full-ranking HR@10 / NDCG@10 on the test interaction (leave-last-out by time) at every
-checkpoint, with validation NDCG@10 next to it (the only metric any setting was chosen on). Accuracy only: no timings.
+checkpoint, with validation NDCG@10 next to it (settings are chosen on the validation interaction
+only). Accuracy only: no timings.
 Target: ID + text >= ID-only on full-ranking NDCG@10.
 
     FEDREC_DATA=../shared/data OMP_NUM_THREADS=1 python bench/bench_text_warm.py [--rounds 80 --eval-every 10]
@@ -55,8 +56,24 @@ def section_title(id_config: str, text_config: str, overrides: list[str]) -> str
     """The BENCHMARKS.md heading: the configs when they are not the default pair, and any overrides."""
     title = "Warm items: ID + text vs ID-only (ML-100K, full ranking)"
     if (id_config, text_config) != ("ml100k-bpr-fedavg", "ml100k-text-bpr-fedavg"):
-        title += f", {id_config} vs {text_config}"
+        title += f", ID + text: {text_config}, ID-only: {id_config}"
     return title + (f", with {', '.join(f'`{o}`' for o in overrides)}" if overrides else "")
+
+
+def same_protocol(id_config: str, id_overrides: list[str], text_config: str, text_overrides: list[str]) -> str:
+    """A one-line description of the protocol both runs share; exits with a one-line error when their data differ."""
+    from fedrec.config import load_config
+
+    a = load_config(ROOT / "configs" / f"{id_config}.toml", id_overrides)
+    b = load_config(ROOT / "configs" / f"{text_config}.toml", text_overrides)
+    if a.data != b.data:
+        sys.exit(f"error: {id_config} and {text_config} use different data settings; compare them on the same split")
+    if (a.train.mode, a.train.server_optimizer, a.train.client_fraction) != \
+            (b.train.mode, b.train.server_optimizer, b.train.client_fraction):
+        sys.exit(f"error: {id_config} and {text_config} differ in train.mode, server_optimizer or client_fraction")
+    how = (f"federated, server optimiser {a.train.server_optimizer}, one client per user, "
+           f"{a.train.client_fraction:g} of the clients per round" if a.train.mode == "federated" else a.train.mode)
+    return f"{a.data.name}, split {a.data.split}, {how}"
 
 
 def _run(config_name: str, overrides: list[str], out_dir: Path, threads: int) -> tuple[list[dict[str, Any]], dict]:
@@ -84,7 +101,7 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=10, help="rounds between checkpoints")
     parser.add_argument("--id-config", default="ml100k-bpr-fedavg", help="the ID-only run's config (configs/NAME.toml)")
     parser.add_argument("--text-config", default="ml100k-text-bpr-fedavg",
-                        help="the ID + text run's config (configs/NAME.toml); same split and rounds as --id-config")
+                        help="the ID + text run's config (configs/NAME.toml); its data section must equal --id-config's")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="override for both runs")
     parser.add_argument("--text-set", dest="text_overrides", action="append", default=[],
                         help="override for the ID + text run only (e.g. a setting tuned on validation)")
@@ -101,10 +118,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.quick:
         args.rounds, args.eval_every, args.no_write = 2, 1, True
+    if any(o.split("=", 1)[0].strip() == "train.rounds" for o in args.overrides + args.text_overrides):
+        parser.error("set the budget with --rounds N, not train.rounds in --set/--text-set: both runs get the same rounds")
     if args.rounds is None:
         args.rounds = configured_rounds(args.id_config, args.text_config)
     common = [f"train.rounds={args.rounds}", f"train.eval_every={args.eval_every}", *args.overrides]
     configs = {ID_ONLY: args.id_config, ID_TEXT: args.text_config}
+    protocol = same_protocol(args.id_config, common, args.text_config, [*common, *args.text_overrides])
     tasks = [(label, config_name, seed) for label, config_name in configs.items() for seed in range(args.seeds)]
     with tempfile.TemporaryDirectory() as tmp, ProcessPoolExecutor(args.jobs) as pool:
         futures = [pool.submit(_run, config_name, [*common, f"train.seed={seed}",
@@ -132,21 +152,22 @@ def main() -> None:
         f"seed {seed}: ID-only {id_run[1]['ndcg@10']:.4f}, ID + text {text_run[1]['ndcg@10']:.4f}"
         for seed, (id_run, text_run) in enumerate(zip(runs[ID_ONLY], runs[ID_TEXT])))
     met = text_final["ndcg@10"] >= id_final["ndcg@10"]
-    settings = ", ".join(f"`{o}`" for o in args.overrides + args.text_overrides) or "none"
+    def listed(overrides: list[str]) -> str:
+        return ", ".join(f"`{o}`" for o in overrides) or "none"
     body = "\n".join(rows) + (
         f"\n\nFinal (round {args.rounds}, mean of {args.seeds} seed(s)): ID-only HR@10 {id_final['hr@10']:.4f}, NDCG@10 {id_final['ndcg@10']:.4f}; "
         f"ID + text HR@10 {text_final['hr@10']:.4f}, NDCG@10 {text_final['ndcg@10']:.4f}. "
         f"Target ID + text >= ID-only on NDCG@10: **{'met' if met else 'not met'}**. Final NDCG@10 by seed: {per_seed}.\n\n"
-        "Both runs: ML-100K as implicit feedback, leave-last-out by time (last interaction = test, second-to-last = "
-        "validation), full ranking over every item the user has not interacted with, federated FedAvg with the "
-        "server's Adam, one client per user, all 943 every round, the same seeds (train.seed: initial model, batches, "
+        f"Both runs: {protocol}, full ranking over every item the user has not interacted with, the same seeds (train.seed: initial model, batches, "
         "negatives) and the same number of rounds; every row is the mean over the seeds. "
         f"ID-only: configs/{args.id_config}.toml; ID + text: configs/{args.text_config}.toml (item vector = ID "
         "embedding + a federated adapter of the text encoder's embedding of title, year and genres). "
-        f"Overrides: {settings}. Settings were chosen on the validation interaction only.\n")
+        f"Overrides for both runs: {listed(args.overrides)}; for ID + text only: {listed(args.text_overrides)}. "
+        "The configs' settings were chosen on the validation interaction only.\n")
     print(body)
     if not args.no_write:
-        write_section(args.section, section_title(args.id_config, args.text_config, args.overrides + args.text_overrides), body)
+        title = section_title(args.id_config, args.text_config, args.overrides + args.text_overrides)
+        write_section(args.section, title, body)
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ def test_warm_pairs_differ_only_in_the_text_and_their_own_validation_choices(id_
     text_keys = {("model", key) for key in ("name", "text_adapter", "text_encoder", "text_dim")}
     set_by_the_bench = {("train", "eval_every")}  # --eval-every, the same for both runs
     assert differ - text_keys - set_by_the_bench == own_settings
+    assert (a["model"]["name"], b["model"]["name"]) == ("bpr", "text_bpr")
 
 
 def test_section_title_names_a_non_default_pair_and_the_overrides(bench):
@@ -54,4 +55,13 @@ def test_section_title_names_a_non_default_pair_and_the_overrides(bench):
     assert bench.section_title("ml100k-bpr-fedavg", "ml100k-text-bpr-fedavg", []) == base
     assert bench.section_title("ml100k-bpr-fedavg", "ml100k-text-bpr-fedavg", ["model.l2=0.01"]) == \
         f"{base}, with `model.l2=0.01`"
-    assert bench.section_title("a", "b", ["x=1", "y=2"]) == f"{base}, a vs b, with `x=1`, `y=2`"
+    assert bench.section_title("a", "b", ["x=1", "y=2"]) == f"{base}, ID + text: b, ID-only: a, with `x=1`, `y=2`"
+
+
+def test_shared_protocol_is_described_from_the_configs_and_different_data_refused(bench):
+    assert bench.same_protocol("ml100k-bpr-softmax-fedavg", [], "ml100k-text-softmax-fedavg", []) == \
+        "ml-100k, split leave_last_out, federated, server optimiser adam, one client per user, 1 of the clients per round"
+    with pytest.raises(SystemExit, match="different data settings"):
+        bench.same_protocol("ml100k-bpr-fedavg", [], "ml100k-text-bpr-fedavg", ["data.time_ties=random"])
+    with pytest.raises(SystemExit, match="server_optimizer"):
+        bench.same_protocol("ml100k-bpr-fedavg", [], "ml100k-text-bpr-fedavg", ["train.server_optimizer=sgd"])
