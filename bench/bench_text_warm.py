@@ -111,7 +111,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 rounds, nothing written")
     parser.add_argument("--no-write", action="store_true", help="print the table, do not touch BENCHMARKS.md")
     parser.add_argument("--section", default="text_warm",
-                        help="BENCHMARKS.md section to write (another name keeps the default table, e.g. for --set runs)")
+                        help="BENCHMARKS.md section to write (required for other configs or --set runs)")
     args = parser.parse_args()
     import torch
 
@@ -120,6 +120,11 @@ def main() -> None:
         args.rounds, args.eval_every, args.no_write = 2, 1, True
     if any(o.split("=", 1)[0].strip() == "train.rounds" for o in args.overrides + args.text_overrides):
         parser.error("set the budget with --rounds N, not train.rounds in --set/--text-set: both runs get the same rounds")
+    default_run = (args.id_config, args.text_config, args.overrides, args.text_overrides) == \
+        ("ml100k-bpr-fedavg", "ml100k-text-bpr-fedavg", [], [])
+    if args.section == "text_warm" and not default_run and not args.no_write:
+        parser.error("other configs or overrides go to their own section: pass --section NAME (text_warm holds the "
+                     "default pair's table)")
     if args.rounds is None:
         args.rounds = configured_rounds(args.id_config, args.text_config)
     common = [f"train.rounds={args.rounds}", f"train.eval_every={args.eval_every}", *args.overrides]
