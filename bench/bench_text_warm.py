@@ -29,6 +29,7 @@ from _report import write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 ID_ONLY, ID_TEXT = "ID-only", "ID + text"
+DEFAULT_PAIR = ("ml100k-bpr-fedavg", "ml100k-text-bpr-fedavg")  # (ID-only, ID + text): the text_warm section's runs
 
 
 def train_with_checkpoints(config_name: str, overrides: list[str], out_dir: Path) -> tuple[list[dict[str, Any]], dict]:
@@ -52,12 +53,17 @@ def configured_rounds(*config_names: str) -> int:
     return next(iter(rounds.values()))
 
 
+def listed(overrides: list[str]) -> str:
+    """Overrides as inline code, comma-separated ("none" when there are none)."""
+    return ", ".join(f"`{o}`" for o in overrides) or "none"
+
+
 def section_title(id_config: str, text_config: str, overrides: list[str]) -> str:
     """The BENCHMARKS.md heading: the configs when they are not the default pair, and any overrides."""
     title = "Warm items: ID + text vs ID-only (ML-100K, full ranking)"
-    if (id_config, text_config) != ("ml100k-bpr-fedavg", "ml100k-text-bpr-fedavg"):
+    if (id_config, text_config) != DEFAULT_PAIR:
         title += f", ID + text: {text_config}, ID-only: {id_config}"
-    return title + (f", with {', '.join(f'`{o}`' for o in overrides)}" if overrides else "")
+    return title + (f", with {listed(overrides)}" if overrides else "")
 
 
 def same_protocol(id_config: str, id_overrides: list[str], text_config: str, text_overrides: list[str]) -> str:
@@ -99,8 +105,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=None,
                         help="rounds for both models (the same budget; default: the configs' train.rounds, which must agree)")
     parser.add_argument("--eval-every", type=int, default=10, help="rounds between checkpoints")
-    parser.add_argument("--id-config", default="ml100k-bpr-fedavg", help="the ID-only run's config (configs/NAME.toml)")
-    parser.add_argument("--text-config", default="ml100k-text-bpr-fedavg",
+    parser.add_argument("--id-config", default=DEFAULT_PAIR[0], help="the ID-only run's config (configs/NAME.toml)")
+    parser.add_argument("--text-config", default=DEFAULT_PAIR[1],
                         help="the ID + text run's config (configs/NAME.toml); its data section must equal --id-config's")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="override for both runs")
     parser.add_argument("--text-set", dest="text_overrides", action="append", default=[],
@@ -120,8 +126,7 @@ def main() -> None:
         args.rounds, args.eval_every, args.no_write = 2, 1, True
     if any(o.split("=", 1)[0].strip() == "train.rounds" for o in args.overrides + args.text_overrides):
         parser.error("set the budget with --rounds N, not train.rounds in --set/--text-set: both runs get the same rounds")
-    default_run = (args.id_config, args.text_config, args.overrides, args.text_overrides) == \
-        ("ml100k-bpr-fedavg", "ml100k-text-bpr-fedavg", [], [])
+    default_run = (args.id_config, args.text_config) == DEFAULT_PAIR and not args.overrides + args.text_overrides
     if args.section == "text_warm" and not default_run and not args.no_write:
         parser.error("other configs or overrides go to their own section: pass --section NAME (text_warm holds the "
                      "default pair's table)")
@@ -157,14 +162,12 @@ def main() -> None:
         f"seed {seed}: ID-only {id_run[1]['ndcg@10']:.4f}, ID + text {text_run[1]['ndcg@10']:.4f}"
         for seed, (id_run, text_run) in enumerate(zip(runs[ID_ONLY], runs[ID_TEXT])))
     met = text_final["ndcg@10"] >= id_final["ndcg@10"]
-    def listed(overrides: list[str]) -> str:
-        return ", ".join(f"`{o}`" for o in overrides) or "none"
     body = "\n".join(rows) + (
         f"\n\nFinal (round {args.rounds}, mean of {args.seeds} seed(s)): ID-only HR@10 {id_final['hr@10']:.4f}, NDCG@10 {id_final['ndcg@10']:.4f}; "
         f"ID + text HR@10 {text_final['hr@10']:.4f}, NDCG@10 {text_final['ndcg@10']:.4f}. "
         f"Target ID + text >= ID-only on NDCG@10: **{'met' if met else 'not met'}**. Final NDCG@10 by seed: {per_seed}.\n\n"
-        f"Both runs: {protocol}, full ranking over every item the user has not interacted with, the same seeds (train.seed: initial model, batches, "
-        "negatives) and the same number of rounds; every row is the mean over the seeds. "
+        f"Both runs: {protocol}, full ranking over every item the user has not interacted with, the same seeds "
+        "(train.seed: initial model, batches, negatives) and the same number of rounds; every row is the mean over the seeds. "
         f"ID-only: configs/{args.id_config}.toml; ID + text: configs/{args.text_config}.toml (item vector = ID "
         "embedding + a federated adapter of the text encoder's embedding of title, year and genres). "
         f"Overrides for both runs: {listed(args.overrides)}; for ID + text only: {listed(args.text_overrides)}. "
