@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, model_validator
 
 from fedrec.errors import FedrecError
 
@@ -166,6 +166,8 @@ class TrainConfig(Section):
     server_beta2: float = Field(default=0.99, ge=0.0, lt=1.0)
     server_tau: float = Field(default=1e-3, gt=0.0)
     server_lazy_rows: bool = False  # adaptive server optimisers: rows no client updated keep value and state
+    # named shared tensors with their own server step, e.g. {adapter_w = 0.01, adapter_b = 0.01}; the others: server_lr
+    server_lr_by_tensor: dict[str, PositiveFloat] = Field(default_factory=dict)
     # centralised mode
     central_optimizer: Literal["adam", "sgd"] = "adam"
     central_lr: float = Field(default=1e-3, gt=0.0)

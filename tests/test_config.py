@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from fedrec.config import RunConfig, config_to_json, load_config, parse_override
 from fedrec.errors import FedrecError
@@ -290,3 +291,23 @@ def test_time_ties_belong_to_leave_last_out():
     assert "\n" not in str(info.value)
     with pytest.raises(FedrecError, match="time_ties"):
         load_config(None, ["data.split=leave_last_out", "data.time_ties=newest"])
+
+
+def test_server_lr_by_tensor_reaches_the_server_optimizer_and_refuses_unknown_tensors():
+    from fedrec.errors import FedrecError
+    from fedrec.models.registry import build_model
+    from fedrec.runtime.experiment import check_server_tensors
+    from fedrec.runtime.trainer import fedavg_settings
+
+    config = load_config(None, ["model.name=text_bpr", "train.server_lr=0.05",
+                                "train.server_lr_by_tensor={adapter_w = 0.01, adapter_b = 0.02}"])
+    server = fedavg_settings(config).server
+    assert server.lr_by_tensor == (("adapter_b", 0.02), ("adapter_w", 0.01))
+    assert (server.lr_of("adapter_w"), server.lr_of("adapter_b"), server.lr_of("item_vec")) == (0.01, 0.02, 0.05)
+    model = build_model("text_bpr", {"dim": 3}, 2, 4, item_text=torch.zeros(4, 5))
+    check_server_tensors(config, model)
+    private = load_config(None, ["model.name=text_bpr", "train.server_lr_by_tensor={user_vec = 0.01}"])
+    with pytest.raises(FedrecError, match="names user_vec, which the server does not step"):
+        check_server_tensors(private, model)  # user vectors stay on the clients: the server never steps them
+    with pytest.raises(FedrecError, match="greater than 0"):
+        load_config(None, ["train.server_lr_by_tensor={adapter_w = 0}"])

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from fedrec.errors import FedrecError
 from fedrec.federated.server_opt import ServerOptimizer
 
 
@@ -70,3 +71,24 @@ def test_lazy_rows_leave_untouched_rows_and_their_state_alone():
     p_eager, s_eager = eager.step({"q": torch.zeros(3, 2)}, {"q": torch.tensor([[1.0, 1.0], [0.0, 0.0], [0.5, -0.5]])}, eager.init(params))
     p_eager, _ = eager.step(p_eager, {"q": torch.tensor([[0.0, 0.0], [1.0, 1.0], [0.0, 0.0]])}, s_eager)
     assert not torch.equal(p_eager["q"][0], moved[0])  # without lazy_rows, momentum moves untouched rows
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_lr_by_tensor_steps_named_tensors_with_their_own_lr(name):
+    """Each tensor moves exactly as an optimiser with its own lr would move it alone."""
+    params = {"rows": torch.tensor([0.5]), "adapter": torch.tensor([-1.0])}
+    deltas = {"rows": torch.tensor([2.0]), "adapter": torch.tensor([2.0])}
+    split = ServerOptimizer(name, lr=0.5, lr_by_tensor=(("adapter", 0.01),))
+    moved, _ = split.step(params, deltas, {})
+    for tensor, lr in (("rows", 0.5), ("adapter", 0.01)):
+        alone, _ = ServerOptimizer(name, lr=lr).step({tensor: params[tensor]}, {tensor: deltas[tensor]}, {})
+        assert torch.equal(moved[tensor], alone[tensor])
+    if name == "sgd":  # hand-computed: w + lr * delta
+        assert float(moved["rows"][0]) == pytest.approx(1.5) and float(moved["adapter"][0]) == pytest.approx(-0.98)
+
+
+def test_lr_by_tensor_refuses_a_name_the_server_does_not_step():
+    opt = ServerOptimizer("adam", lr=0.1, lr_by_tensor=(("adaptr_w", 0.01),))
+    with pytest.raises(FedrecError, match=r"server_lr_by_tensor names adaptr_w.*adapter_w"):
+        opt.step({"adapter_w": torch.zeros(2)}, {"adapter_w": torch.ones(2)}, {})
+    opt.check_tensors(["adaptr_w", "item_vec"])  # a name among the stepped tensors passes

@@ -245,6 +245,7 @@ def run_federation(config: RunConfig, transport: Transport, out_dir: Path, expec
     secure aggregation runs the protocol among the nodes (:mod:`fedrec.flower.secure`) and the server
     steps from the unmasked sum (central DP then noises that sum).
     """
+    from fedrec.runtime.experiment import check_server_tensors
     from fedrec.runtime.trainer import budget_stop_reason, check_training_loss, fedavg_settings, privacy_settings, \
         privacy_spent, privacy_summary, public_start_params
 
@@ -269,6 +270,7 @@ def run_federation(config: RunConfig, transport: Transport, out_dir: Path, expec
         discard_stale_metrics(out_dir, resume_round, config.train.rounds)
     atomic_write_text(out_dir / "config.json", config_to_json(config) + "\n")
     model = server_model(config, population)
+    check_server_tensors(config, model)
     eligible = population.sizes > 0  # as the simulator: clients without training data are never sampled
     # calibrated once, before the first round (a resumed run keeps the noise it was calibrated to)
     privacy = privacy_settings(config, int(eligible.sum()),

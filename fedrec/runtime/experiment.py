@@ -20,6 +20,7 @@ from fedrec.errors import FedrecError
 from fedrec.eval.protocol import Evaluator
 from fedrec.federated.attacks import Adversary, AttackSettings, Population, build_population, resolve_targets
 from fedrec.federated.cohort import ClientData
+from fedrec.federated.server_opt import ServerOptimizer
 from fedrec.models.base import RecModel
 from fedrec.models.registry import COLD_START_MODELS, IMPLICIT_MODELS, TEXT_MODELS, build_model, model_options
 from fedrec.models.registry import SEQUENCE_MODELS
@@ -139,6 +140,11 @@ def text_embeddings(config: RunConfig, dataset: Dataset, progress: bool | None =
     return item_text_embeddings(dataset, encoder, dim=model.text_dim, use_cache=model.text_cache, progress=show)
 
 
+def check_server_tensors(config: RunConfig, model: RecModel) -> None:
+    """Refuse train.server_lr_by_tensor names the model does not upload, before any training."""
+    ServerOptimizer(lr_by_tensor=tuple(config.train.server_lr_by_tensor.items())).check_tensors(model.uploaded_names())
+
+
 def prepare(config: RunConfig) -> Experiment:
     dataset = keep_min_rating(load_data(config), config.data.min_rating)
     name = config.model.name
@@ -187,6 +193,7 @@ def prepare(config: RunConfig) -> Experiment:
         options["global_mean"] = float(np.mean(split.train.ratings))
     model = build_model(config.model.name, options, population.num_users, dataset.num_items,
                         item_text=text.embeddings if text is not None else None)
+    check_server_tensors(config, model)
     validation_histories = None
     if name in SEQUENCE_MODELS:  # examples are windows of each user's items by time (fedrec/models/sequence.py)
         clients, model, validation_histories, sequence_note = prepare_sequence(
