@@ -369,6 +369,9 @@ class RunConfig(Section):
         if (self.train.local_clip_norm is not None and self.privacy.hiding == "pseudo"
                 and self.privacy.pseudo_values == "virtual"):
             raise ValueError(VIRTUAL_FAKES_UNCLIPPED)
+        if self.train.server_lr_by_tensor and self.train.mode != "federated":
+            raise ValueError("train.server_lr_by_tensor sets server steps of federated training; centralised training has "
+                             "none (set train.mode = 'federated' or remove train.server_lr_by_tensor)")
         if self.train.refit_private_epochs and self.train.mode != "federated":
             raise ValueError("train.refit_private_epochs refits the clients' private rows after federated training; "
                              "set it to 0 in centralised mode (every parameter is trained jointly there)")

@@ -294,9 +294,8 @@ def test_time_ties_belong_to_leave_last_out():
 
 
 def test_server_lr_by_tensor_reaches_the_server_optimizer_and_refuses_unknown_tensors():
-    from fedrec.errors import FedrecError
     from fedrec.models.registry import build_model
-    from fedrec.runtime.experiment import check_server_tensors
+    from fedrec.runtime.experiment import check_server_tensors, prepare
     from fedrec.runtime.trainer import fedavg_settings
 
     config = load_config(None, ["model.name=text_bpr", "train.server_lr=0.05",
@@ -309,5 +308,13 @@ def test_server_lr_by_tensor_reaches_the_server_optimizer_and_refuses_unknown_te
     private = load_config(None, ["model.name=text_bpr", "train.server_lr_by_tensor={user_vec = 0.01}"])
     with pytest.raises(FedrecError, match="names user_vec, which the server does not step"):
         check_server_tensors(private, model)  # user vectors stay on the clients: the server never steps them
+    constant = load_config(None, ["model.name=text_bpr", "train.server_lr_by_tensor={item_text = 0.01}"])
+    with pytest.raises(FedrecError, match="names item_text"):
+        check_server_tensors(constant, model)  # the text embeddings are constant: nobody uploads or steps them
     with pytest.raises(FedrecError, match="greater than 0"):
         load_config(None, ["train.server_lr_by_tensor={adapter_w = 0}"])
+    with pytest.raises(FedrecError, match="centralised training has none"):
+        load_config(None, ["train.mode=centralized", "train.server_lr_by_tensor={item_vec = 0.01}"])
+    typo = load_config(None, ["data.name=synthetic", "model.name=bpr", "train.server_lr_by_tensor={item_vecs = 0.01}"])
+    with pytest.raises(FedrecError, match="names item_vecs"):
+        prepare(typo)  # refused while preparing, before any round
