@@ -4,8 +4,9 @@ The aggregate delta is treated as a negative pseudo-gradient (Reddi et al., 2021
 Federated Optimization"). ``sgd`` with ``server_lr`` 1 and no momentum is plain FedAvg; momentum
 gives FedAvgM (Hsu et al., 2019); ``adam``, ``yogi`` and ``adagrad`` are FedAdam, FedYogi and
 FedAdagrad. Each optimiser is a pair of pure functions over dicts of tensors: ``init`` makes the
-state, ``step`` returns new parameters and new state (the state is saved in checkpoints). ``lr_by_tensor`` gives named tensors their own step size (for example a
-text adapter, shared by every item, next to per-item rows that each see a few clients).
+state, ``step`` returns new parameters and new state (the state is saved in checkpoints).
+``lr_by_tensor`` gives named tensors their own step size (for example a text adapter, shared by
+every item, next to per-item rows that each see a few clients).
 """
 
 from __future__ import annotations
